@@ -1,0 +1,111 @@
+"""Connection settings for the engine: parsed from a DSN or PG* variables, never printed with the password."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .errors import ConnectFailed
+
+if TYPE_CHECKING:
+    import psycopg
+
+DEFAULT_CONNECT_TIMEOUT = 10
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def mask_dsn(text: str) -> str:
+    """Replace any password in DSN-looking text by ***."""
+    return _PASSWORD_KV.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text))
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    host: str = "127.0.0.1"
+    port: int = 5432
+    dbname: str = "postgres"
+    user: str = "postgres"
+    password: str | None = field(default=None, repr=False)
+    sslmode: str = "prefer"
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
+    application_name: str = "wishlist-migrate"
+
+    @classmethod
+    def from_dsn(cls, dsn: str | None, env: Mapping[str, str] | None = None) -> ConnectionSettings:
+        """Parse a libpq DSN (URL or key=value); unset parts come from PG* variables."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        env = os.environ if env is None else env
+        try:
+            parts: dict[str, Any] = conninfo_to_dict(dsn or "")
+        except Exception as exc:  # psycopg.ProgrammingError: message may echo the DSN
+            raise ConnectFailed(
+                f"invalid DSN {mask_dsn(dsn or '')!r}: {mask_dsn(str(exc))}.",
+                "use postgresql://USER@HOST:PORT/DBNAME or 'host=... port=... dbname=... user=...'.",
+            ) from None
+
+        def pick(key: str, var: str, default: str | None) -> str | None:
+            value = parts.get(key)
+            if value not in (None, ""):
+                return str(value)
+            return env.get(var) or default
+
+        port_text = pick("port", "PGPORT", "5432") or "5432"
+        timeout_text = pick("connect_timeout", "PGCONNECT_TIMEOUT", str(DEFAULT_CONNECT_TIMEOUT))
+        try:
+            port = int(port_text)
+            timeout = int(timeout_text or DEFAULT_CONNECT_TIMEOUT)
+        except ValueError:
+            raise ConnectFailed(
+                f"invalid port {port_text!r} or connect_timeout {timeout_text!r}.",
+                "both must be whole numbers.",
+            ) from None
+        return cls(
+            host=pick("host", "PGHOST", "127.0.0.1") or "127.0.0.1",
+            port=port,
+            dbname=pick("dbname", "PGDATABASE", None) or pick("user", "PGUSER", "postgres") or "postgres",
+            user=pick("user", "PGUSER", "postgres") or "postgres",
+            password=pick("password", "PGPASSWORD", None),
+            sslmode=pick("sslmode", "PGSSLMODE", "prefer") or "prefer",
+            connect_timeout=max(1, timeout),
+        )
+
+    def with_database(self, dbname: str) -> ConnectionSettings:
+        return replace(self, dbname=dbname)
+
+    def describe(self) -> str:
+        """Where this connects, without the password."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+    def connect(self, *, autocommit: bool = True, search_path: str | None = None) -> psycopg.Connection[Any]:
+        """Open a connection; failures become ConnectFailed with the password masked."""
+        import psycopg
+
+        options = f"-c search_path={search_path}" if search_path else None
+        kwargs: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "dbname": self.dbname,
+            "user": self.user,
+            "sslmode": self.sslmode,
+            "connect_timeout": self.connect_timeout,
+            "application_name": self.application_name,
+        }
+        if self.password is not None:
+            kwargs["password"] = self.password
+        if options:
+            kwargs["options"] = options
+        try:
+            return psycopg.connect(autocommit=autocommit, **kwargs)
+        except psycopg.OperationalError as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if self.password:
+                message = message.replace(self.password, "***")
+            raise ConnectFailed(
+                f"cannot connect to {self.describe()}: {mask_dsn(message)}.",
+                "check host, port, user and password (PGPASSWORD or the stack secret), "
+                "and that the server is running and reachable.",
+            ) from None

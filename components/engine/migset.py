@@ -1,0 +1,279 @@
+"""The migration set on disk: NNNN_name.sql (+ .down.sql), meta/_journal.json and meta/NNNN_snapshot.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .catalog import Catalog, fingerprint
+from .errors import ChecksumMismatch, SetError, UnknownVersion
+from .sqltext import Statement, header_markers, split_statements
+
+JOURNAL_FORMAT = 1
+_UP_FILE = re.compile(r"^(?P<version>\d{4,})_(?P<name>[a-z0-9_]+)\.sql$")
+_DOWN_SUFFIX = ".down.sql"
+NO_TRANSACTION = "no-transaction"
+SNAPSHOT_HINT = "run `python -m components.migrate snapshot --set {set_dir}` to regenerate meta/ (never for an applied file)."
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    up_file: str
+    up_sql: str
+    checksum: str
+    down_file: str | None
+    down_sql: str | None
+    down_checksum: str | None
+    markers: dict[str, list[str]] = field(default_factory=dict)
+    snapshot: Catalog | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.version}_{self.name}"
+
+    @property
+    def transactional(self) -> bool:
+        return NO_TRANSACTION not in self.markers
+
+    @property
+    def acknowledged(self) -> frozenset[str]:
+        """Lint rules this file explicitly accepts (`-- migrate:allow <rule>`)."""
+        return frozenset(v for v in self.markers.get("allow", []) if v)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return None if self.snapshot is None else fingerprint(self.snapshot)
+
+    def statements(self) -> list[Statement]:
+        return split_statements(self.up_sql)
+
+    def down_statements(self) -> list[Statement]:
+        return split_statements(self.down_sql or "")
+
+
+@dataclass(frozen=True)
+class MigrationSet:
+    directory: Path
+    name: str
+    schema: str
+    migrations: tuple[Migration, ...]
+
+    @property
+    def versions(self) -> list[str]:
+        return [m.version for m in self.migrations]
+
+    @property
+    def latest(self) -> str | None:
+        return self.migrations[-1].version if self.migrations else None
+
+    def get(self, version: str) -> Migration:
+        for m in self.migrations:
+            if m.version == version:
+                return m
+        raise UnknownVersion(
+            f"version {version!r} is not in the migration set {self.directory} (known: {', '.join(self.versions) or 'none'}).",
+            "name one of the known versions, or 0 for 'before the first migration'.",
+        )
+
+    def resolve_target(self, target: str | None) -> str | None:
+        """None/'latest' -> latest version; '0'/'none' -> None (nothing applied); else an existing version."""
+        if target in (None, "", "latest"):
+            return self.latest
+        assert target is not None
+        if target in ("0", "none", "zero"):
+            return None
+        return self.get(target.zfill(4) if target.isdigit() and len(target) < 4 else target).version
+
+    def up_to(self, target: str | None) -> list[Migration]:
+        return [] if target is None else [m for m in self.migrations if int(m.version) <= int(target)]
+
+    def expected_catalog(self, version: str | None) -> Catalog:
+        """The snapshot after `version` (empty before the first migration)."""
+        if version is None:
+            return {}
+        snap = self.get(version).snapshot
+        if snap is None:
+            raise SetError(
+                f"no snapshot for version {version} in {self.directory / 'meta'}.",
+                SNAPSHOT_HINT.format(set_dir=self.directory),
+            )
+        return snap
+
+    def manifest(self) -> list[dict[str, Any]]:
+        """What the Pulumi resource takes as input: every version with its checksums and SQL."""
+        return [
+            {
+                "version": m.version,
+                "name": m.name,
+                "checksum": m.checksum,
+                "down_checksum": m.down_checksum,
+                "transactional": m.transactional,
+                "sql": m.up_sql,
+            }
+            for m in self.migrations
+        ]
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    version: str
+    name: str
+    up: Path
+    down: Path | None
+
+
+def scan(directory: Path) -> list[ScannedFile]:
+    """The migration files in `directory`, ordered by version; duplicates and strays are errors."""
+    if not directory.is_dir():
+        raise SetError(f"migration set directory {directory} does not exist.", "pass --set with the path of a set, e.g. migrations/app.")
+    found: dict[str, ScannedFile] = {}
+    for path in sorted(directory.iterdir()):
+        if path.is_dir() or path.name.endswith(_DOWN_SUFFIX) or not path.name.endswith(".sql"):
+            continue
+        m = _UP_FILE.match(path.name)
+        if not m:
+            raise SetError(
+                f"{path} is not named NNNN_name.sql.",
+                "rename it to a 4-digit version, an underscore and a lower-case name, e.g. 0008_add_wishlist_notes.sql.",
+            )
+        version = m.group("version")
+        if version in found:
+            raise SetError(
+                f"version {version} is used twice: {found[version].up.name} and {path.name}.",
+                "give the newer file the next free version number.",
+            )
+        down = path.with_name(path.name[: -len(".sql")] + _DOWN_SUFFIX)
+        found[version] = ScannedFile(version, m.group("name"), path, down if down.exists() else None)
+    return [found[v] for v in sorted(found, key=int)]
+
+
+def _read_json(path: Path, what: str, set_dir: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SetError(f"{what} {path} is missing.", SNAPSHOT_HINT.format(set_dir=set_dir)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SetError(f"{what} {path} is not valid JSON ({exc}).", "restore it from git, or " + SNAPSHOT_HINT.format(set_dir=set_dir)) from None
+
+
+def _require(cond: bool, path: Path, what: str, set_dir: Path) -> None:
+    if not cond:
+        raise SetError(f"journal {path} is malformed: {what}.", "restore it from git, or " + SNAPSHOT_HINT.format(set_dir=set_dir))
+
+
+def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationSet:
+    """Load and check a set: every file must match the journal, every journal entry must have its file."""
+    directory = Path(directory)
+    meta = directory / "meta"
+    journal_path = meta / "_journal.json"
+    journal = _read_json(journal_path, "journal", directory)
+    _require(isinstance(journal, dict), journal_path, "top level is not an object", directory)
+    _require(journal.get("format") == JOURNAL_FORMAT, journal_path, f"format is not {JOURNAL_FORMAT}", directory)
+    entries = journal.get("entries")
+    _require(isinstance(entries, list), journal_path, "'entries' is not a list", directory)
+    schema = journal.get("schema")
+    _require(isinstance(schema, str) and bool(schema), journal_path, "'schema' is missing", directory)
+    files = {f.version: f for f in scan(directory)}
+
+    migrations: list[Migration] = []
+    previous = -1
+    for idx, entry in enumerate(entries):
+        _require(isinstance(entry, dict), journal_path, f"entry {idx} is not an object", directory)
+        version = entry.get("version")
+        _require(isinstance(version, str) and version.isdigit(), journal_path, f"entry {idx} has no numeric 'version'", directory)
+        _require(isinstance(entry.get("up"), dict) and isinstance(entry["up"].get("sha256"), str), journal_path, f"entry {version} has no up.sha256", directory)
+        if int(version) == previous:
+            raise SetError(f"journal {journal_path} lists version {version} twice.", SNAPSHOT_HINT.format(set_dir=directory))
+        if int(version) < previous:
+            raise SetError(
+                f"journal {journal_path} lists version {version} after a higher version: versions must ascend.",
+                SNAPSHOT_HINT.format(set_dir=directory),
+            )
+        previous = int(version)
+        scanned = files.pop(version, None)
+        if scanned is None:
+            raise SetError(
+                f"journal lists version {version} but {directory} has no {version}_*.sql file.",
+                "restore the file from git; applied migrations must never be deleted.",
+            )
+        up_bytes = scanned.up.read_bytes()
+        checksum = sha256_hex(up_bytes)
+        if checksum != entry["up"]["sha256"]:
+            raise ChecksumMismatch(
+                f"{scanned.up} was changed after the journal was written (sha256 {checksum[:12]} != journal {entry['up']['sha256'][:12]}).",
+                "revert the edit and put the change in a new migration; if this version was never applied anywhere, "
+                + SNAPSHOT_HINT.format(set_dir=directory),
+            )
+        down_sql = down_checksum = None
+        if scanned.down is not None:
+            down_bytes = scanned.down.read_bytes()
+            down_checksum = sha256_hex(down_bytes)
+            recorded = (entry.get("down") or {}).get("sha256")
+            if recorded != down_checksum:
+                raise ChecksumMismatch(
+                    f"{scanned.down} does not match the journal (sha256 {down_checksum[:12]} != journal {str(recorded)[:12]}).",
+                    SNAPSHOT_HINT.format(set_dir=directory),
+                )
+            down_sql = down_bytes.decode()
+        elif entry.get("down"):
+            raise SetError(f"journal lists a down file for {version} but {scanned.up.name[:-4]}.down.sql is missing.", "restore it from git.")
+        snapshot: Catalog | None = None
+        snap_path = meta / f"{version}_snapshot.json"
+        if snap_path.exists() or require_snapshots:
+            snap = _read_json(snap_path, "snapshot", directory)
+            if not (isinstance(snap, dict) and isinstance(snap.get("catalog"), dict)):
+                raise SetError(f"snapshot {snap_path} is malformed: no 'catalog' object.", SNAPSHOT_HINT.format(set_dir=directory))
+            snapshot = snap["catalog"]
+        up_sql = up_bytes.decode()
+        migrations.append(
+            Migration(
+                version=version,
+                name=scanned.name,
+                up_file=str(scanned.up),
+                up_sql=up_sql,
+                checksum=checksum,
+                down_file=None if scanned.down is None else str(scanned.down),
+                down_sql=down_sql,
+                down_checksum=down_checksum,
+                markers=header_markers(up_sql),
+                snapshot=snapshot,
+            )
+        )
+    if files:
+        stray = ", ".join(f.up.name for f in files.values())
+        raise SetError(f"{stray} in {directory} is not in the journal.", SNAPSHOT_HINT.format(set_dir=directory))
+    return MigrationSet(directory=directory, name=str(journal.get("set") or directory.name), schema=schema, migrations=tuple(migrations))
+
+
+def write_meta(directory: Path, schema: str, snapshots: dict[str, Catalog]) -> Path:
+    """Write the journal and one snapshot per version (used by the `snapshot` command)."""
+    meta = directory / "meta"
+    meta.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for f in scan(directory):
+        entry: dict[str, Any] = {
+            "version": f.version,
+            "name": f.name,
+            "up": {"file": f.up.name, "sha256": sha256_hex(f.up.read_bytes())},
+            "down": None if f.down is None else {"file": f.down.name, "sha256": sha256_hex(f.down.read_bytes())},
+            "transactional": NO_TRANSACTION not in header_markers(f.up.read_text()),
+        }
+        entries.append(entry)
+        snap = snapshots[f.version]
+        (meta / f"{f.version}_snapshot.json").write_text(
+            json.dumps({"version": f.version, "schema": schema, "fingerprint": fingerprint(snap), "catalog": snap}, indent=2, sort_keys=True) + "\n"
+        )
+    journal = {"format": JOURNAL_FORMAT, "set": directory.name, "schema": schema, "entries": entries}
+    path = meta / "_journal.json"
+    path.write_text(json.dumps(journal, indent=2) + "\n")
+    return path
