@@ -364,9 +364,9 @@ class Engine:
                 self._raise_on_drift(state.current, live)
                 return RunResult(state.current, [], cat.fingerprint(live), state)
             self.preflight(conn)
-            if not state.exists:
-                self.ledger.ensure(conn)
             with self.locked(conn):
+                if not state.exists:
+                    self.ledger.ensure(conn)
                 state = self.read_state(conn)  # another applier may have finished while we waited
                 live = cat.introspect(conn, self.mset.schema)
                 check_incomplete(self.mset, state, live)

@@ -1,0 +1,58 @@
+"""Fixtures that start servers: one throwaway PostgreSQL cluster per test session, a fresh database per test."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from components.engine.connection import ConnectionSettings
+from devtools import localpg
+
+REPO = Path(__file__).resolve().parent.parent
+APP_SET = REPO / "migrations" / "app"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[localpg.Cluster]:
+    """A real PostgreSQL on 127.0.0.1, admin role like an RDS master user (CREATEROLE CREATEDB, no superuser)."""
+    root = Path(tempfile.mkdtemp(prefix="wishlist-test-pg-"))
+    cluster = localpg.init_cluster(root, localpg.free_port(), secrets.token_hex(12))
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def admin(pg_cluster: localpg.Cluster) -> ConnectionSettings:
+    return ConnectionSettings(host="127.0.0.1", port=pg_cluster.port, dbname="wishlist", user=localpg.ADMIN_USER,
+                              password=pg_cluster.admin_password, sslmode="disable", connect_timeout=5)
+
+
+@pytest.fixture
+def fresh_db(admin: ConnectionSettings) -> Iterator[ConnectionSettings]:
+    """An empty database owned by the admin role, dropped after the test."""
+    from psycopg import sql
+
+    name = f"t_{secrets.token_hex(5)}"
+    with admin.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield admin.with_database(name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def set_copy(tmp_path: Path) -> Path:
+    """A private copy of the app migration set that a test may edit."""
+    target = tmp_path / "app"
+    shutil.copytree(APP_SET, target)
+    return target
