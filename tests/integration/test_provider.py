@@ -1,0 +1,98 @@
+"""The dynamic provider's methods called directly against a real PostgreSQL (no Pulumi engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.engine import migset
+from components.engine.connection import ConnectionSettings
+from components.engine.snapshot import generate
+from components.schema_migration import UNKNOWN, SchemaMigrationProvider
+from tests.integration.test_wish2007 import ledger_rows, q
+
+
+def props_for(db: ConnectionSettings, set_dir: Path, **extra: Any) -> dict[str, Any]:
+    mset = migset.load(set_dir)
+    return {
+        "host": db.host, "port": db.port, "database": db.dbname, "user": db.user, "password": db.password,
+        "sslmode": "disable", "connect_timeout": 5, "auth": "password", "region": None,
+        "set_dir": str(set_dir), "migrations": mset.manifest(), "target_version": mset.latest,
+        "expected_fingerprint": mset.get(mset.latest).fingerprint if mset.latest else None,
+        "allow_rollback": False, "stack": "wishlist-infra/test", "ledger_schema": "migration_ledger",
+        "lock_timeout_ms": 5000, "statement_timeout_ms": 0, **extra,
+    }
+
+
+def test_create_diff_update_read_delete(fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings) -> None:
+    provider = SchemaMigrationProvider()
+    props = props_for(fresh_db, set_copy)
+    created = provider.create(props)
+    outs = created.outs
+    assert outs["applied_version"] == "0007" and outs["applied"][0]["version"] == "0007"
+    assert outs["fingerprint"] == props["expected_fingerprint"] and outs["drift"] == []
+    assert created.id.startswith("wishlist-infra/test:")
+
+    assert provider.diff(created.id, outs, props).changes is False  # nothing to do
+
+    (set_copy / "0008_theme.sql").write_text("ALTER TABLE wishlist_items ADD COLUMN theme text;\n")
+    generate(admin, set_copy)
+    news = props_for(fresh_db, set_copy)
+    assert provider.diff(created.id, outs, news).changes is True
+    updated = provider.update(created.id, outs, news).outs
+    assert updated["applied_version"] == "0008" and [a["version"] for a in updated["applied"]] == ["0007", "0008"]
+
+    with fresh_db.connect() as conn:
+        conn.execute("DROP INDEX idx_wishlist_user_priority")
+    read = provider.read(created.id, updated)
+    assert read.outs["drift"] == [d for d in read.outs["drift"] if "idx_wishlist_user_priority" in d] != []
+    assert read.inputs is not None and "password" in read.inputs
+    assert provider.diff(created.id, read.outs, news).changes is True
+    with pytest.raises(Exception, match="idx_wishlist_user_priority is missing"):
+        provider.update(created.id, read.outs, news)
+
+    provider.delete(created.id, updated)  # allow_rollback is off: nothing dropped
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008"]
+
+
+def test_delete_with_rollback_allowed_drops_everything(fresh_db: ConnectionSettings, set_copy: Path) -> None:
+    provider = SchemaMigrationProvider()
+    props = props_for(fresh_db, set_copy, allow_rollback=True)
+    outs = provider.create(props).outs
+    provider.delete("x", outs)
+    assert q(fresh_db, "SELECT to_regclass('wishlist_items'), to_regtype('wishlist_store')") == [(None, None)]
+    assert ledger_rows(fresh_db) == []
+
+
+def test_lower_target_is_refused_unless_rollback_allowed(fresh_db: ConnectionSettings, set_copy: Path) -> None:
+    provider = SchemaMigrationProvider()
+    outs = provider.create(props_for(fresh_db, set_copy)).outs
+    with pytest.raises(Exception, match="not allowed for this stack"):
+        provider.update("x", outs, props_for(fresh_db, set_copy, target_version="0"))
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007"]
+    back = provider.update("x", outs, props_for(fresh_db, set_copy, target_version="0", allow_rollback=True)).outs
+    assert back["applied_version"] is None and ledger_rows(fresh_db) == []
+
+
+def test_diff_refuses_a_tampered_applied_file(fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings) -> None:
+    provider = SchemaMigrationProvider()
+    outs = provider.create(props_for(fresh_db, set_copy)).outs
+    up = set_copy / "0007_wishlist_items.sql"
+    up.write_text(up.read_text() + "\nCREATE INDEX idx_extra ON wishlist_items (title);\n")
+    generate(admin, set_copy)
+    with pytest.raises(Exception, match=r"0007_wishlist_items\.sql was edited after it was applied"):
+        provider.diff("x", outs, props_for(fresh_db, set_copy))
+
+
+def test_diff_with_unknown_inputs_does_not_connect(set_copy: Path) -> None:
+    props = props_for(ConnectionSettings(host=UNKNOWN, port=1, dbname="d", user="u"), set_copy)
+    assert SchemaMigrationProvider().diff("x", {}, props).changes is True
+
+
+def test_wrong_database_owner_is_refused(fresh_db: ConnectionSettings, set_copy: Path) -> None:
+    provider = SchemaMigrationProvider()
+    provider.create(props_for(fresh_db, set_copy, stack="wishlist-infra/prod"))
+    with pytest.raises(Exception, match="owned by stack 'wishlist-infra/prod', but this is stack 'wishlist-infra/staging'"):
+        provider.diff("x", {}, props_for(fresh_db, set_copy, stack="wishlist-infra/staging"))
