@@ -1,0 +1,104 @@
+"""Roles and grants through pulumi-postgresql: a migrator that owns the schema, an app role (DML), a read-only role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import pulumi
+import pulumi_postgresql as postgresql
+
+MIGRATOR, APP, READONLY = "wishlist_migrator", "wishlist_app", "wishlist_readonly"
+APP_TABLE_PRIVILEGES = ["DELETE", "INSERT", "SELECT", "UPDATE"]  # sorted: the provider stores them sorted
+READONLY_TABLE_PRIVILEGES = ["SELECT"]
+
+
+@dataclass(frozen=True)
+class DatabaseAccessArgs:
+    database: str
+    schema: str
+    ledger_schema: str
+    iam_auth: bool  # AWS: login through IAM (rds_iam); local: passwords
+    passwords: dict[str, pulumi.Output[str]] = field(default_factory=dict)  # role key -> secret, local only
+    password_version: str = "1"  # bump to rotate the write-only passwords
+
+
+class DatabaseAccess(pulumi.ComponentResource):
+    """Roles, schema privileges, the ledger schema and default privileges: everything the migration needs first."""
+
+    def __init__(self, name: str, args: DatabaseAccessArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("wishlist:db:DatabaseAccess", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.roles: dict[str, postgresql.Role] = {}
+        self.iam_grants: list[postgresql.GrantRole] = []
+        for key, role_name in (("migrator", MIGRATOR), ("app", APP), ("readonly", READONLY)):
+            password = None if args.iam_auth else args.passwords.get(key)
+            self.roles[key] = postgresql.Role(
+                f"{name}-{key}",
+                name=role_name,
+                login=True,
+                inherit=True,
+                create_database=False,
+                create_role=False,
+                superuser=False,
+                connection_limit=20 if key != "migrator" else 5,
+                # Write-only: the password never lands in the stack state.
+                password_wo=password,
+                password_wo_version=None if password is None else args.password_version,
+                opts=child,
+            )
+            if args.iam_auth:
+                self.iam_grants.append(
+                    postgresql.GrantRole(f"{name}-{key}-rds-iam", role=self.roles[key].name, grant_role="rds_iam", opts=child))
+
+        migrator = self.roles["migrator"].name
+        self.schema_grants = [
+            postgresql.Grant(f"{name}-migrator-schema", database=args.database, schema=args.schema, role=migrator,
+                             object_type="schema", privileges=["CREATE", "USAGE"], opts=child),
+            postgresql.Grant(f"{name}-app-schema", database=args.database, schema=args.schema, role=self.roles["app"].name,
+                             object_type="schema", privileges=["USAGE"], opts=child),
+            postgresql.Grant(f"{name}-readonly-schema", database=args.database, schema=args.schema, role=self.roles["readonly"].name,
+                             object_type="schema", privileges=["USAGE"], opts=child),
+        ]
+        # The migrator owns the ledger, so it needs no CREATE on the database.
+        self.ledger_schema = postgresql.Schema(f"{name}-ledger", name=args.ledger_schema, database=args.database, owner=migrator,
+                                               drop_cascade=True, opts=child)
+        # Tables that later migrations create (as the migrator) get the same grants without another change here.
+        self.default_privileges = [
+            postgresql.DefaultPrivileges(f"{name}-app-defaults", database=args.database, schema=args.schema, owner=migrator,
+                                         role=self.roles["app"].name, object_type="table", privileges=APP_TABLE_PRIVILEGES, opts=child),
+            postgresql.DefaultPrivileges(f"{name}-readonly-defaults", database=args.database, schema=args.schema, owner=migrator,
+                                         role=self.roles["readonly"].name, object_type="table", privileges=READONLY_TABLE_PRIVILEGES,
+                                         opts=child),
+        ]
+        self.migrator_name: pulumi.Output[str] = migrator
+        self.register_outputs({"roles": {k: r.name for k, r in self.roles.items()}})
+
+    @property
+    def ready(self) -> Sequence[pulumi.Resource]:
+        """What the migration resource must wait for."""
+        return [*self.roles.values(), *self.iam_grants, *self.schema_grants, self.ledger_schema, *self.default_privileges]
+
+
+@dataclass(frozen=True)
+class TableGrantsArgs:
+    database: str
+    schema: str
+    tables: Sequence[str]
+    roles: dict[str, pulumi.Input[str]]
+
+
+class TableGrants(pulumi.ComponentResource):
+    """Grants on the tables a migration created; created after the migration resource (depends_on)."""
+
+    def __init__(self, name: str, args: TableGrantsArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("wishlist:db:TableGrants", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        # One Grant per (role, schema, object type): two would fight over the same privileges.
+        self.grants = [
+            postgresql.Grant(f"{name}-app-tables", database=args.database, schema=args.schema, role=args.roles["app"],
+                             object_type="table", objects=list(args.tables), privileges=APP_TABLE_PRIVILEGES, opts=child),
+            postgresql.Grant(f"{name}-readonly-tables", database=args.database, schema=args.schema, role=args.roles["readonly"],
+                             object_type="table", objects=list(args.tables), privileges=READONLY_TABLE_PRIVILEGES, opts=child),
+        ]
+        self.register_outputs({})

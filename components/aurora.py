@@ -1,0 +1,183 @@
+"""Aurora PostgreSQL (Serverless v2) for staging and prod: secure by default, prod guarded against deletion."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_aws as aws
+
+from .config import AuroraConfig
+
+PORT = 5432
+
+
+@dataclass(frozen=True)
+class AuroraClusterArgs:
+    config: AuroraConfig
+    environment: str
+    stack: str
+    database: str
+    master_username: str
+    protect: bool
+    tags: dict[str, str]
+
+
+class AuroraCluster(pulumi.ComponentResource):
+    """Cluster, instances, parameter and subnet groups, security group, optional CMK and an RDS Proxy."""
+
+    endpoint: pulumi.Output[str]
+    reader_endpoint: pulumi.Output[str]
+    proxy_endpoint: Optional[pulumi.Output[str]]
+    secret_arn: pulumi.Output[str]
+
+    def __init__(self, name: str, args: AuroraClusterArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("wishlist:db:AuroraCluster", name, None, opts)
+        c = args.config
+        child = pulumi.ResourceOptions(parent=self)
+        prod = args.environment == "prod"
+        # protect blocks deletes and replacements; retain_on_delete keeps the AWS object if it leaves the stack.
+        guarded = pulumi.ResourceOptions(parent=self, protect=args.protect, retain_on_delete=prod)
+        tags = {**args.tags, "component": name}
+
+        self.key: Optional[aws.kms.Key] = None
+        if c.customer_managed_key:
+            self.key = aws.kms.Key(
+                f"{name}-key",
+                description=f"wishlist {args.stack}: Aurora storage, master secret, Performance Insights",
+                enable_key_rotation=True,
+                deletion_window_in_days=30,
+                tags=tags,
+                opts=guarded,
+            )
+            aws.kms.Alias(f"{name}-key-alias", name=f"alias/wishlist-{args.stack}-db", target_key_id=self.key.key_id, opts=child)
+        key_arn = self.key.arn if self.key else None
+
+        self.subnet_group = aws.rds.SubnetGroup(f"{name}-subnets", subnet_ids=list(c.subnet_ids), tags=tags, opts=child)
+        self.security_group = aws.ec2.SecurityGroup(
+            f"{name}-sg", vpc_id=c.vpc_id, description=f"wishlist {args.stack} PostgreSQL: 5432 from allowed clients only",
+            tags=tags, opts=child,
+        )
+        for i, sg in enumerate(c.allowed_security_group_ids):
+            aws.vpc.SecurityGroupIngressRule(f"{name}-in-sg-{i}", security_group_id=self.security_group.id, ip_protocol="tcp",
+                                             from_port=PORT, to_port=PORT, referenced_security_group_id=sg, opts=child)
+        for i, cidr in enumerate(c.allowed_cidrs):
+            aws.vpc.SecurityGroupIngressRule(f"{name}-in-cidr-{i}", security_group_id=self.security_group.id, ip_protocol="tcp",
+                                             from_port=PORT, to_port=PORT, cidr_ipv4=cidr, opts=child)
+        # The proxy reaches the cluster through the same group.
+        aws.vpc.SecurityGroupIngressRule(f"{name}-in-self", security_group_id=self.security_group.id, ip_protocol="tcp",
+                                         from_port=PORT, to_port=PORT, referenced_security_group_id=self.security_group.id, opts=child)
+
+        self.parameter_group = aws.rds.ClusterParameterGroup(
+            f"{name}-params",
+            family=f"aurora-postgresql{c.engine_major}",
+            description=f"wishlist {args.stack}: TLS required",
+            parameters=[aws.rds.ClusterParameterGroupParameterArgs(name="rds.force_ssl", value="1", apply_method="immediate")],
+            tags=tags,
+            opts=child,
+        )
+
+        self.cluster = aws.rds.Cluster(
+            f"{name}-cluster",
+            engine=aws.rds.EngineType.AURORA_POSTGRESQL,
+            engine_mode="provisioned",
+            engine_version=c.engine_version,
+            database_name=args.database,
+            master_username=args.master_username,
+            manage_master_user_password=True,  # RDS keeps it in Secrets Manager: no password in state
+            master_user_secret_kms_key_id=key_arn,
+            storage_encrypted=True,
+            kms_key_id=key_arn,
+            iam_database_authentication_enabled=True,
+            deletion_protection=c.deletion_protection,
+            copy_tags_to_snapshot=True,
+            skip_final_snapshot=False,
+            final_snapshot_identifier=f"wishlist-{args.stack}-final-snapshot",
+            backup_retention_period=c.backup_retention_days,
+            preferred_backup_window=c.preferred_backup_window,
+            preferred_maintenance_window=c.preferred_maintenance_window,
+            enabled_cloudwatch_logs_exports=["postgresql"],
+            serverlessv2_scaling_configuration=aws.rds.ClusterServerlessv2ScalingConfigurationArgs(
+                min_capacity=c.min_capacity, max_capacity=c.max_capacity),
+            db_subnet_group_name=self.subnet_group.name,
+            vpc_security_group_ids=[self.security_group.id],
+            db_cluster_parameter_group_name=self.parameter_group.name,
+            availability_zones=list(c.availability_zones),
+            apply_immediately=not prod,
+            tags=tags,
+            # Minor upgrades are automatic; without this the pinned version would diff (a downgrade) after each one.
+            opts=pulumi.ResourceOptions.merge(guarded, pulumi.ResourceOptions(ignore_changes=["engineVersion"])),
+        )
+
+        self.instances = [
+            aws.rds.ClusterInstance(
+                f"{name}-instance-{i}",
+                cluster_identifier=self.cluster.id,
+                instance_class="db.serverless",
+                engine=self.cluster.engine,
+                availability_zone=c.availability_zones[i % len(c.availability_zones)],  # writer and readers in different AZs
+                db_subnet_group_name=self.subnet_group.name,
+                publicly_accessible=False,
+                promotion_tier=i,
+                performance_insights_enabled=c.performance_insights,
+                performance_insights_retention_period=7 if c.performance_insights else None,
+                performance_insights_kms_key_id=key_arn if c.performance_insights else None,
+                auto_minor_version_upgrade=True,
+                apply_immediately=not prod,
+                tags=tags,
+                opts=guarded,
+            )
+            for i in range(c.instances)
+        ]
+
+        self.secret_arn = self.cluster.master_user_secrets.apply(lambda s: s[0].secret_arn if s else "")
+        self.endpoint = self.cluster.endpoint
+        self.reader_endpoint = self.cluster.reader_endpoint
+        self.proxy_endpoint = self._proxy(name, args, tags, key_arn, child).endpoint if c.proxy else None
+        self.register_outputs({
+            "endpoint": self.endpoint,
+            "reader_endpoint": self.reader_endpoint,
+            "proxy_endpoint": self.proxy_endpoint,
+            "secret_arn": self.secret_arn,
+        })
+
+    def _proxy(self, name: str, args: AuroraClusterArgs, tags: dict[str, str], key_arn: Optional[pulumi.Output[str]],
+               child: pulumi.ResourceOptions) -> aws.rds.Proxy:
+        """RDS Proxy for connection pooling: TLS required, IAM auth for clients, credentials from Secrets Manager."""
+        role = aws.iam.Role(
+            f"{name}-proxy-role",
+            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": "rds.amazonaws.com"}, "Action": "sts:AssumeRole"}]}),
+            tags=tags,
+            opts=child,
+        )
+        statements = pulumi.Output.all(self.secret_arn, key_arn).apply(lambda a: json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"], "Resource": a[0]},
+            *([{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": a[1]}] if a[1] else []),
+        ]}))
+        aws.iam.RolePolicy(f"{name}-proxy-secret", role=role.id, policy=statements, opts=child)
+        proxy = aws.rds.Proxy(
+            f"{name}-proxy",
+            engine_family="POSTGRESQL",
+            require_tls=True,
+            role_arn=role.arn,
+            vpc_subnet_ids=list(args.config.subnet_ids),
+            vpc_security_group_ids=[self.security_group.id],
+            auths=[aws.rds.ProxyAuthArgs(auth_scheme="SECRETS", iam_auth="REQUIRED", secret_arn=self.secret_arn,
+                                         description="master credentials from Secrets Manager")],
+            idle_client_timeout=1800,
+            debug_logging=False,
+            tags=tags,
+            opts=child,
+        )
+        aws.rds.ProxyDefaultTargetGroup(
+            f"{name}-proxy-targets", db_proxy_name=proxy.name,
+            connection_pool_config=aws.rds.ProxyDefaultTargetGroupConnectionPoolConfigArgs(
+                max_connections_percent=80, max_idle_connections_percent=40, connection_borrow_timeout=120),
+            opts=child,
+        )
+        aws.rds.ProxyTarget(f"{name}-proxy-target", db_proxy_name=proxy.name, target_group_name="default",
+                            db_cluster_identifier=self.cluster.id, opts=child)
+        return proxy

@@ -1,0 +1,261 @@
+"""Stack settings, parsed once from pulumi.Config into frozen dataclasses and validated; nothing deeper reads config."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import pulumi
+
+ENVIRONMENTS = ("dev", "staging", "prod")
+TARGETS = ("local", "aurora")
+MIN_BACKUP_DAYS = {"dev": 1, "staging": 7, "prod": 14}
+MIN_INSTANCES = {"dev": 1, "staging": 1, "prod": 2}
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class ConfigError(Exception):
+    """A stack setting is missing or invalid; the message names the key and what is allowed."""
+
+    def __init__(self, key: str, problem: str, allowed: str) -> None:
+        super().__init__(f"config wishlist:{key} {problem}; allowed: {allowed}. Set it in Pulumi.<stack>.yaml "
+                         f"(pulumi config set --path 'wishlist:{key}' ...).")
+        self.key = key
+
+
+def _get(obj: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...], default: Any = ..., allowed: str = "") -> Any:
+    value = obj.get(key, default)
+    if value is ...:
+        raise ConfigError(f"{path}.{key}", "is missing", allowed or kind_name(kind))
+    if value is not None and not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise ConfigError(f"{path}.{key}", f"has the wrong type ({type(value).__name__}: {value!r})", allowed or kind_name(kind))
+    return value
+
+
+def kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({"str": "a string", "int": "a whole number", "float": "a number", "bool": "true/false",
+                        "list": "a list", "dict": "an object"}.get(k.__name__, k.__name__) for k in kinds)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    target: str
+    name: str
+    admin_user: str
+    host: Optional[str] = None  # local only
+    port: int = 5432
+    sslmode: str = "require"
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> DatabaseConfig:
+        target = _get(raw, "target", "db", str, allowed=" | ".join(TARGETS))
+        if target not in TARGETS:
+            raise ConfigError("db.target", f"is {target!r}", " | ".join(TARGETS))
+        name = _get(raw, "name", "db", str, "wishlist")
+        admin_user = _get(raw, "adminUser", "db", str, "wishlist_admin")
+        for key, value in (("name", name), ("adminUser", admin_user)):
+            if not _IDENT.match(value):
+                raise ConfigError(f"db.{key}", f"is {value!r}", "a lower-case PostgreSQL identifier: letters, digits, _")
+        port = _get(raw, "port", "db", int, 5432)
+        if not 1 <= port <= 65535:
+            raise ConfigError("db.port", f"is {port}", "1..65535")
+        sslmode = _get(raw, "sslmode", "db", str, "disable" if target == "local" else "require")
+        if sslmode not in ("disable", "require", "verify-ca", "verify-full"):
+            raise ConfigError("db.sslmode", f"is {sslmode!r}", "disable | require | verify-ca | verify-full")
+        host = _get(raw, "host", "db", str, "127.0.0.1" if target == "local" else None)
+        if target == "local":
+            try:
+                if not ipaddress.ip_address(host).is_loopback:
+                    raise ConfigError("db.host", f"is {host!r}", "a loopback address (127.0.0.0/8 or ::1) for the local target")
+            except ValueError:
+                if host != "localhost":
+                    raise ConfigError("db.host", f"is {host!r}", "a loopback address for the local target") from None
+        elif sslmode == "disable":
+            raise ConfigError("db.sslmode", "is disable for an Aurora stack", "require | verify-ca | verify-full")
+        return cls(target=target, name=name, admin_user=admin_user, host=host, port=port, sslmode=sslmode)
+
+
+@dataclass(frozen=True)
+class MigrationsConfig:
+    set_dir: str = "migrations/app"
+    target: str = "latest"
+    allow_rollback: bool = False
+    lock_timeout_ms: int = 60_000
+    statement_timeout_ms: int = 0
+    require_applied_in: Optional[str] = None  # promotion gate: a stack whose outputs must show each version first
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any], environment: str) -> MigrationsConfig:
+        set_dir = _get(raw, "set", "migrations", str, "migrations/app")
+        target = str(_get(raw, "target", "migrations", (str, int), "latest"))
+        allow = _get(raw, "allowRollback", "migrations", bool, False)
+        if allow and environment == "prod":
+            raise ConfigError("migrations.allowRollback", "is true in prod", "false (roll back prod with the runbook, by hand)")
+        lock = _get(raw, "lockTimeoutMs", "migrations", int, 60_000)
+        stmt = _get(raw, "statementTimeoutMs", "migrations", int, 0)
+        if lock <= 0 or stmt < 0:
+            raise ConfigError("migrations.lockTimeoutMs", f"is {lock} (statementTimeoutMs {stmt})", "lockTimeoutMs > 0, statementTimeoutMs >= 0")
+        gate = _get(raw, "requireAppliedIn", "migrations", str, "staging" if environment == "prod" else None)
+        return cls(set_dir, target, allow, lock, stmt, gate or None)
+
+
+@dataclass(frozen=True)
+class AuroraConfig:
+    vpc_id: str
+    subnet_ids: tuple[str, ...]
+    availability_zones: tuple[str, ...]
+    allowed_security_group_ids: tuple[str, ...]
+    allowed_cidrs: tuple[str, ...]
+    engine_version: str
+    min_capacity: float
+    max_capacity: float
+    instances: int
+    backup_retention_days: int
+    deletion_protection: bool
+    performance_insights: bool
+    customer_managed_key: bool
+    proxy: bool
+    preferred_backup_window: str = "03:00-04:00"
+    preferred_maintenance_window: str = "sun:05:00-sun:06:00"
+
+    @property
+    def engine_major(self) -> str:
+        return self.engine_version.split(".")[0]
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any], environment: str) -> AuroraConfig:
+        p = "aurora"
+        subnets = tuple(_get(raw, "subnetIds", p, list))
+        if len(subnets) < 2 or not all(isinstance(s, str) and s.startswith("subnet-") for s in subnets):
+            raise ConfigError("aurora.subnetIds", f"has {len(subnets)} usable subnet(s)", "at least 2 private subnet ids (subnet-...) in different AZs")
+        azs = tuple(_get(raw, "availabilityZones", p, list))
+        if len(azs) != 3 or len(set(azs)) != 3:
+            raise ConfigError("aurora.availabilityZones", f"is {list(azs)}", "exactly 3 distinct AZs (fewer makes RDS add some and force a replacement)")
+        sgs = tuple(_get(raw, "allowedSecurityGroupIds", p, list, []))
+        cidrs = tuple(_get(raw, "allowedCidrs", p, list, []))
+        if not sgs and not cidrs:
+            raise ConfigError("aurora.allowedSecurityGroupIds", "and aurora.allowedCidrs are both empty", "at least one client security group or CIDR")
+        for cidr in cidrs:
+            try:
+                net = ipaddress.ip_network(cidr)
+            except ValueError:
+                raise ConfigError("aurora.allowedCidrs", f"has {cidr!r}", "CIDRs like 10.0.0.0/16") from None
+            if not net.is_private or net.prefixlen < 8:
+                raise ConfigError("aurora.allowedCidrs", f"has {cidr!r}", "private CIDRs only (the cluster is never public)")
+        version = _get(raw, "engineVersion", p, str)
+        if not re.match(r"^(1[4-9]|2\d)\.\d+$", version):
+            raise ConfigError("aurora.engineVersion", f"is {version!r}", "a pinned Aurora PostgreSQL version MAJOR.MINOR, major 14 or later (e.g. 16.4)")
+        min_c = float(_get(raw, "minCapacity", p, (int, float)))
+        max_c = float(_get(raw, "maxCapacity", p, (int, float)))
+        for key, value in (("minCapacity", min_c), ("maxCapacity", max_c)):
+            if not (0 <= value <= 256 and (value * 2).is_integer()):
+                raise ConfigError(f"aurora.{key}", f"is {value}", "0 to 256 ACU in steps of 0.5")
+        if min_c > max_c:
+            raise ConfigError("aurora.minCapacity", f"({min_c}) is above aurora.maxCapacity ({max_c})", "minCapacity <= maxCapacity")
+        if max_c < 1:
+            raise ConfigError("aurora.maxCapacity", f"is {max_c}", "at least 1 ACU")
+        instances = _get(raw, "instances", p, int, MIN_INSTANCES[environment])
+        if instances < MIN_INSTANCES[environment] or instances > 3:
+            raise ConfigError("aurora.instances", f"is {instances} in {environment}", f"{MIN_INSTANCES[environment]}..3")
+        backups = _get(raw, "backupRetentionDays", p, int, MIN_BACKUP_DAYS[environment])
+        if not MIN_BACKUP_DAYS[environment] <= backups <= 35:
+            raise ConfigError("aurora.backupRetentionDays", f"is {backups} in {environment}", f"{MIN_BACKUP_DAYS[environment]}..35 days")
+        protection = _get(raw, "deletionProtection", p, bool, True)
+        if environment == "prod" and not protection:
+            raise ConfigError("aurora.deletionProtection", "is false in prod", "true (prod is always protected against deletion)")
+        return cls(
+            vpc_id=_get(raw, "vpcId", p, str),
+            subnet_ids=subnets,
+            availability_zones=azs,
+            allowed_security_group_ids=sgs,
+            allowed_cidrs=cidrs,
+            engine_version=version,
+            min_capacity=min_c,
+            max_capacity=max_c,
+            instances=instances,
+            backup_retention_days=backups,
+            deletion_protection=protection,
+            performance_insights=_get(raw, "performanceInsights", p, bool, environment == "prod"),
+            customer_managed_key=_get(raw, "customerManagedKey", p, bool, environment == "prod"),
+            proxy=_get(raw, "proxy", p, bool, True),
+        )
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    project: str
+    stack: str
+    environment: str
+    db: DatabaseConfig
+    migrations: MigrationsConfig
+    aurora: Optional[AuroraConfig]
+    protect: bool
+    region: Optional[str]
+    tags: dict[str, str] = field(default_factory=dict)
+    admin_password: Optional[pulumi.Output[str]] = None  # local only: from config secret or env
+    role_passwords: dict[str, pulumi.Output[str]] = field(default_factory=dict)  # local only
+
+    @property
+    def owner(self) -> str:
+        return f"{self.project}/{self.stack}"
+
+    @property
+    def is_aws(self) -> bool:
+        return self.aurora is not None
+
+
+ROLE_PASSWORD_KEYS = {"migrator": "migratorPassword", "app": "appPassword", "readonly": "readonlyPassword"}
+
+
+def _secret(cfg: pulumi.Config, key: str, env: str, environ: Mapping[str, str]) -> pulumi.Output[str]:
+    value = cfg.get_secret(key)
+    if value is not None:
+        return value
+    if environ.get(env):
+        return pulumi.Output.secret(environ[env])
+    raise ConfigError(key, f"is missing (and ${env} is not set)", f"a secret: pulumi config set --secret wishlist:{key} ..., or export {env}")
+
+
+def load(cfg: Optional[pulumi.Config] = None, environ: Optional[Mapping[str, str]] = None) -> StackConfig:
+    """Read and validate this stack's settings."""
+    cfg = cfg or pulumi.Config("wishlist")
+    environ = os.environ if environ is None else environ
+    environment = cfg.get("environment")
+    if environment not in ENVIRONMENTS:
+        raise ConfigError("environment", f"is {environment!r}", " | ".join(ENVIRONMENTS))
+    db = DatabaseConfig.parse(cfg.get_object("db") or {})
+    if (db.target == "local") != (environment == "dev"):
+        raise ConfigError("db.target", f"is {db.target!r} for environment {environment}", "local for dev, aurora for staging and prod")
+    migrations = MigrationsConfig.parse(cfg.get_object("migrations") or {}, environment)
+    aurora = AuroraConfig.parse(cfg.get_object("aurora") or {}, environment) if db.target == "aurora" else None
+    protect = cfg.get_bool("protect")
+    if protect is None:
+        protect = environment == "prod"
+    if environment == "prod" and not protect:
+        raise ConfigError("protect", "is false in prod", "true")
+    region = pulumi.Config("aws").get("region") if aurora else None
+    if aurora and not region:
+        raise ConfigError("aws:region", "is missing (it is read as aws:region)", "an AWS region, e.g. us-east-1")
+    admin_password = None
+    role_passwords: dict[str, pulumi.Output[str]] = {}
+    if db.target == "local":
+        admin_password = _secret(cfg, "adminPassword", "WISHLIST_ADMIN_PASSWORD", environ)
+        role_passwords = {role: _secret(cfg, key, f"WISHLIST_{role.upper()}_PASSWORD", environ) for role, key in ROLE_PASSWORD_KEYS.items()}
+    tags = {"project": pulumi.get_project(), "stack": pulumi.get_stack(), "environment": environment, "managed-by": "pulumi"}
+    return StackConfig(
+        project=pulumi.get_project(),
+        stack=pulumi.get_stack(),
+        environment=environment,
+        db=db,
+        migrations=migrations,
+        aurora=aurora,
+        protect=protect,
+        region=region,
+        tags=tags,
+        admin_password=admin_password,
+        role_passwords=role_passwords,
+    )
