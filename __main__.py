@@ -62,8 +62,12 @@ migration = SchemaMigration(
 
 TableGrants(
     "table-grants",
-    TableGrantsArgs(database=cfg.db.name, schema="public", tables=["wishlist_items"],
-                    roles={"app": access.roles["app"].name, "readonly": access.roles["readonly"].name}),
+    TableGrantsArgs(
+        database=cfg.db.name,
+        schema="public",
+        tables=["wishlist_items"],
+        roles={"app": access.roles["app"].name, "readonly": access.roles["readonly"].name},
+    ),
     opts=pulumi.ResourceOptions(provider=pg, depends_on=[migration]),
 )
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import pulumi
 import pulumi_postgresql as postgresql
@@ -20,13 +20,13 @@ class DatabaseAccessArgs:
     ledger_schema: str
     iam_auth: bool  # AWS: login through IAM (rds_iam); local: passwords
     passwords: dict[str, pulumi.Output[str]] = field(default_factory=dict)  # role key -> secret, local only
-    password_version: str = "1"  # bump to rotate the write-only passwords
+    password_version: str = "1"  # noqa: S105 -- a version counter, not a password; bump to rotate the write-only passwords
 
 
 class DatabaseAccess(pulumi.ComponentResource):
     """Roles, schema privileges, the ledger schema and default privileges: everything the migration needs first."""
 
-    def __init__(self, name: str, args: DatabaseAccessArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: DatabaseAccessArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("wishlist:db:DatabaseAccess", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.roles: dict[str, postgresql.Role] = {}
@@ -49,27 +49,65 @@ class DatabaseAccess(pulumi.ComponentResource):
             )
             if args.iam_auth:
                 self.iam_grants.append(
-                    postgresql.GrantRole(f"{name}-{key}-rds-iam", role=self.roles[key].name, grant_role="rds_iam", opts=child))
+                    postgresql.GrantRole(f"{name}-{key}-rds-iam", role=self.roles[key].name, grant_role="rds_iam", opts=child)
+                )
 
         migrator = self.roles["migrator"].name
         self.schema_grants = [
-            postgresql.Grant(f"{name}-migrator-schema", database=args.database, schema=args.schema, role=migrator,
-                             object_type="schema", privileges=["CREATE", "USAGE"], opts=child),
-            postgresql.Grant(f"{name}-app-schema", database=args.database, schema=args.schema, role=self.roles["app"].name,
-                             object_type="schema", privileges=["USAGE"], opts=child),
-            postgresql.Grant(f"{name}-readonly-schema", database=args.database, schema=args.schema, role=self.roles["readonly"].name,
-                             object_type="schema", privileges=["USAGE"], opts=child),
+            postgresql.Grant(
+                f"{name}-migrator-schema",
+                database=args.database,
+                schema=args.schema,
+                role=migrator,
+                object_type="schema",
+                privileges=["CREATE", "USAGE"],
+                opts=child,
+            ),
+            postgresql.Grant(
+                f"{name}-app-schema",
+                database=args.database,
+                schema=args.schema,
+                role=self.roles["app"].name,
+                object_type="schema",
+                privileges=["USAGE"],
+                opts=child,
+            ),
+            postgresql.Grant(
+                f"{name}-readonly-schema",
+                database=args.database,
+                schema=args.schema,
+                role=self.roles["readonly"].name,
+                object_type="schema",
+                privileges=["USAGE"],
+                opts=child,
+            ),
         ]
         # The migrator owns the ledger, so it needs no CREATE on the database.
-        self.ledger_schema = postgresql.Schema(f"{name}-ledger", name=args.ledger_schema, database=args.database, owner=migrator,
-                                               drop_cascade=True, opts=child)
+        self.ledger_schema = postgresql.Schema(
+            f"{name}-ledger", name=args.ledger_schema, database=args.database, owner=migrator, drop_cascade=True, opts=child
+        )
         # Tables that later migrations create (as the migrator) get the same grants without another change here.
         self.default_privileges = [
-            postgresql.DefaultPrivileges(f"{name}-app-defaults", database=args.database, schema=args.schema, owner=migrator,
-                                         role=self.roles["app"].name, object_type="table", privileges=APP_TABLE_PRIVILEGES, opts=child),
-            postgresql.DefaultPrivileges(f"{name}-readonly-defaults", database=args.database, schema=args.schema, owner=migrator,
-                                         role=self.roles["readonly"].name, object_type="table", privileges=READONLY_TABLE_PRIVILEGES,
-                                         opts=child),
+            postgresql.DefaultPrivileges(
+                f"{name}-app-defaults",
+                database=args.database,
+                schema=args.schema,
+                owner=migrator,
+                role=self.roles["app"].name,
+                object_type="table",
+                privileges=APP_TABLE_PRIVILEGES,
+                opts=child,
+            ),
+            postgresql.DefaultPrivileges(
+                f"{name}-readonly-defaults",
+                database=args.database,
+                schema=args.schema,
+                owner=migrator,
+                role=self.roles["readonly"].name,
+                object_type="table",
+                privileges=READONLY_TABLE_PRIVILEGES,
+                opts=child,
+            ),
         ]
         self.migrator_name: pulumi.Output[str] = migrator
         self.register_outputs({"roles": {k: r.name for k, r in self.roles.items()}})
@@ -91,14 +129,30 @@ class TableGrantsArgs:
 class TableGrants(pulumi.ComponentResource):
     """Grants on the tables a migration created; created after the migration resource (depends_on)."""
 
-    def __init__(self, name: str, args: TableGrantsArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: TableGrantsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("wishlist:db:TableGrants", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         # One Grant per (role, schema, object type): two would fight over the same privileges.
         self.grants = [
-            postgresql.Grant(f"{name}-app-tables", database=args.database, schema=args.schema, role=args.roles["app"],
-                             object_type="table", objects=list(args.tables), privileges=APP_TABLE_PRIVILEGES, opts=child),
-            postgresql.Grant(f"{name}-readonly-tables", database=args.database, schema=args.schema, role=args.roles["readonly"],
-                             object_type="table", objects=list(args.tables), privileges=READONLY_TABLE_PRIVILEGES, opts=child),
+            postgresql.Grant(
+                f"{name}-app-tables",
+                database=args.database,
+                schema=args.schema,
+                role=args.roles["app"],
+                object_type="table",
+                objects=list(args.tables),
+                privileges=APP_TABLE_PRIVILEGES,
+                opts=child,
+            ),
+            postgresql.Grant(
+                f"{name}-readonly-tables",
+                database=args.database,
+                schema=args.schema,
+                role=args.roles["readonly"],
+                object_type="table",
+                objects=list(args.tables),
+                privileges=READONLY_TABLE_PRIVILEGES,
+                opts=child,
+            ),
         ]
         self.register_outputs({})

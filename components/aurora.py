@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -30,10 +29,10 @@ class AuroraCluster(pulumi.ComponentResource):
 
     endpoint: pulumi.Output[str]
     reader_endpoint: pulumi.Output[str]
-    proxy_endpoint: Optional[pulumi.Output[str]]
+    proxy_endpoint: pulumi.Output[str] | None
     secret_arn: pulumi.Output[str]
 
-    def __init__(self, name: str, args: AuroraClusterArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: AuroraClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("wishlist:db:AuroraCluster", name, None, opts)
         c = args.config
         child = pulumi.ResourceOptions(parent=self)
@@ -42,7 +41,7 @@ class AuroraCluster(pulumi.ComponentResource):
         guarded = pulumi.ResourceOptions(parent=self, protect=args.protect, retain_on_delete=prod)
         tags = {**args.tags, "component": name}
 
-        self.key: Optional[aws.kms.Key] = None
+        self.key: aws.kms.Key | None = None
         if c.customer_managed_key:
             self.key = aws.kms.Key(
                 f"{name}-key",
@@ -57,18 +56,42 @@ class AuroraCluster(pulumi.ComponentResource):
 
         self.subnet_group = aws.rds.SubnetGroup(f"{name}-subnets", subnet_ids=list(c.subnet_ids), tags=tags, opts=child)
         self.security_group = aws.ec2.SecurityGroup(
-            f"{name}-sg", vpc_id=c.vpc_id, description=f"wishlist {args.stack} PostgreSQL: 5432 from allowed clients only",
-            tags=tags, opts=child,
+            f"{name}-sg",
+            vpc_id=c.vpc_id,
+            description=f"wishlist {args.stack} PostgreSQL: 5432 from allowed clients only",
+            tags=tags,
+            opts=child,
         )
         for i, sg in enumerate(c.allowed_security_group_ids):
-            aws.vpc.SecurityGroupIngressRule(f"{name}-in-sg-{i}", security_group_id=self.security_group.id, ip_protocol="tcp",
-                                             from_port=PORT, to_port=PORT, referenced_security_group_id=sg, opts=child)
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-in-sg-{i}",
+                security_group_id=self.security_group.id,
+                ip_protocol="tcp",
+                from_port=PORT,
+                to_port=PORT,
+                referenced_security_group_id=sg,
+                opts=child,
+            )
         for i, cidr in enumerate(c.allowed_cidrs):
-            aws.vpc.SecurityGroupIngressRule(f"{name}-in-cidr-{i}", security_group_id=self.security_group.id, ip_protocol="tcp",
-                                             from_port=PORT, to_port=PORT, cidr_ipv4=cidr, opts=child)
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-in-cidr-{i}",
+                security_group_id=self.security_group.id,
+                ip_protocol="tcp",
+                from_port=PORT,
+                to_port=PORT,
+                cidr_ipv4=cidr,
+                opts=child,
+            )
         # The proxy reaches the cluster through the same group.
-        aws.vpc.SecurityGroupIngressRule(f"{name}-in-self", security_group_id=self.security_group.id, ip_protocol="tcp",
-                                         from_port=PORT, to_port=PORT, referenced_security_group_id=self.security_group.id, opts=child)
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-in-self",
+            security_group_id=self.security_group.id,
+            ip_protocol="tcp",
+            from_port=PORT,
+            to_port=PORT,
+            referenced_security_group_id=self.security_group.id,
+            opts=child,
+        )
 
         self.parameter_group = aws.rds.ClusterParameterGroup(
             f"{name}-params",
@@ -100,7 +123,8 @@ class AuroraCluster(pulumi.ComponentResource):
             preferred_maintenance_window=c.preferred_maintenance_window,
             enabled_cloudwatch_logs_exports=["postgresql"],
             serverlessv2_scaling_configuration=aws.rds.ClusterServerlessv2ScalingConfigurationArgs(
-                min_capacity=c.min_capacity, max_capacity=c.max_capacity),
+                min_capacity=c.min_capacity, max_capacity=c.max_capacity
+            ),
             db_subnet_group_name=self.subnet_group.name,
             vpc_security_group_ids=[self.security_group.id],
             db_cluster_parameter_group_name=self.parameter_group.name,
@@ -116,7 +140,7 @@ class AuroraCluster(pulumi.ComponentResource):
                 f"{name}-instance-{i}",
                 cluster_identifier=self.cluster.id,
                 instance_class="db.serverless",
-                engine=self.cluster.engine,
+                engine=aws.rds.EngineType.AURORA_POSTGRESQL,
                 availability_zone=c.availability_zones[i % len(c.availability_zones)],  # writer and readers in different AZs
                 db_subnet_group_name=self.subnet_group.name,
                 publicly_accessible=False,
@@ -132,31 +156,45 @@ class AuroraCluster(pulumi.ComponentResource):
             for i in range(c.instances)
         ]
 
-        self.secret_arn = self.cluster.master_user_secrets.apply(lambda s: s[0].secret_arn if s else "")
+        self.secret_arn = self.cluster.master_user_secrets.apply(lambda s: (s[0].secret_arn or "") if s else "")
         self.endpoint = self.cluster.endpoint
         self.reader_endpoint = self.cluster.reader_endpoint
         self.proxy_endpoint = self._proxy(name, args, tags, key_arn, child).endpoint if c.proxy else None
-        self.register_outputs({
-            "endpoint": self.endpoint,
-            "reader_endpoint": self.reader_endpoint,
-            "proxy_endpoint": self.proxy_endpoint,
-            "secret_arn": self.secret_arn,
-        })
+        self.register_outputs(
+            {
+                "endpoint": self.endpoint,
+                "reader_endpoint": self.reader_endpoint,
+                "proxy_endpoint": self.proxy_endpoint,
+                "secret_arn": self.secret_arn,
+            }
+        )
 
-    def _proxy(self, name: str, args: AuroraClusterArgs, tags: dict[str, str], key_arn: Optional[pulumi.Output[str]],
-               child: pulumi.ResourceOptions) -> aws.rds.Proxy:
+    def _proxy(
+        self, name: str, args: AuroraClusterArgs, tags: dict[str, str], key_arn: pulumi.Output[str] | None, child: pulumi.ResourceOptions
+    ) -> aws.rds.Proxy:
         """RDS Proxy for connection pooling: TLS required, IAM auth for clients, credentials from Secrets Manager."""
         role = aws.iam.Role(
             f"{name}-proxy-role",
-            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Principal": {"Service": "rds.amazonaws.com"}, "Action": "sts:AssumeRole"}]}),
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Principal": {"Service": "rds.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+                }
+            ),
             tags=tags,
             opts=child,
         )
-        statements = pulumi.Output.all(self.secret_arn, key_arn).apply(lambda a: json.dumps({"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"], "Resource": a[0]},
-            *([{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": a[1]}] if a[1] else []),
-        ]}))
+        statements = pulumi.Output.all(self.secret_arn, key_arn).apply(
+            lambda a: json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"], "Resource": a[0]},
+                        *([{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": a[1]}] if a[1] else []),
+                    ],
+                }
+            )
+        )
         aws.iam.RolePolicy(f"{name}-proxy-secret", role=role.id, policy=statements, opts=child)
         proxy = aws.rds.Proxy(
             f"{name}-proxy",
@@ -165,19 +203,28 @@ class AuroraCluster(pulumi.ComponentResource):
             role_arn=role.arn,
             vpc_subnet_ids=list(args.config.subnet_ids),
             vpc_security_group_ids=[self.security_group.id],
-            auths=[aws.rds.ProxyAuthArgs(auth_scheme="SECRETS", iam_auth="REQUIRED", secret_arn=self.secret_arn,
-                                         description="master credentials from Secrets Manager")],
+            auths=[
+                aws.rds.ProxyAuthArgs(
+                    auth_scheme="SECRETS",
+                    iam_auth="REQUIRED",
+                    secret_arn=self.secret_arn,
+                    description="master credentials from Secrets Manager",
+                )
+            ],
             idle_client_timeout=1800,
             debug_logging=False,
             tags=tags,
             opts=child,
         )
         aws.rds.ProxyDefaultTargetGroup(
-            f"{name}-proxy-targets", db_proxy_name=proxy.name,
+            f"{name}-proxy-targets",
+            db_proxy_name=proxy.name,
             connection_pool_config=aws.rds.ProxyDefaultTargetGroupConnectionPoolConfigArgs(
-                max_connections_percent=80, max_idle_connections_percent=40, connection_borrow_timeout=120),
+                max_connections_percent=80, max_idle_connections_percent=40, connection_borrow_timeout=120
+            ),
             opts=child,
         )
-        aws.rds.ProxyTarget(f"{name}-proxy-target", db_proxy_name=proxy.name, target_group_name="default",
-                            db_cluster_identifier=self.cluster.id, opts=child)
+        aws.rds.ProxyTarget(
+            f"{name}-proxy-target", db_proxy_name=proxy.name, target_group_name="default", db_cluster_identifier=self.cluster.id, opts=child
+        )
         return proxy

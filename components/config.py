@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import pulumi
 
@@ -21,8 +22,10 @@ class ConfigError(Exception):
     """A stack setting is missing or invalid; the message names the key and what is allowed."""
 
     def __init__(self, key: str, problem: str, allowed: str) -> None:
-        super().__init__(f"config wishlist:{key} {problem}; allowed: {allowed}. Set it in Pulumi.<stack>.yaml "
-                         f"(pulumi config set --path 'wishlist:{key}' ...).")
+        super().__init__(
+            f"config wishlist:{key} {problem}; allowed: {allowed}. Set it in Pulumi.<stack>.yaml "
+            f"(pulumi config set --path 'wishlist:{key}' ...)."
+        )
         self.key = key
 
 
@@ -30,15 +33,19 @@ def _get(obj: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, .
     value = obj.get(key, default)
     if value is ...:
         raise ConfigError(f"{path}.{key}", "is missing", allowed or kind_name(kind))
-    if value is not None and not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float, (int, float)):
+    if (value is not None and not isinstance(value, kind)) or (isinstance(value, bool) and kind in (int, float, (int, float))):
         raise ConfigError(f"{path}.{key}", f"has the wrong type ({type(value).__name__}: {value!r})", allowed or kind_name(kind))
     return value
 
 
 def kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({"str": "a string", "int": "a whole number", "float": "a number", "bool": "true/false",
-                        "list": "a list", "dict": "an object"}.get(k.__name__, k.__name__) for k in kinds)
+    return " or ".join(
+        {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true/false", "list": "a list", "dict": "an object"}.get(
+            k.__name__, k.__name__
+        )
+        for k in kinds
+    )
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class DatabaseConfig:
     target: str
     name: str
     admin_user: str
-    host: Optional[str] = None  # local only
+    host: str | None = None  # local only
     port: int = 5432
     sslmode: str = "require"
 
@@ -86,7 +93,7 @@ class MigrationsConfig:
     allow_rollback: bool = False
     lock_timeout_ms: int = 60_000
     statement_timeout_ms: int = 0
-    require_applied_in: Optional[str] = None  # promotion gate: a stack whose outputs must show each version first
+    require_applied_in: str | None = None  # promotion gate: a stack whose outputs must show each version first
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], environment: str) -> MigrationsConfig:
@@ -98,7 +105,9 @@ class MigrationsConfig:
         lock = _get(raw, "lockTimeoutMs", "migrations", int, 60_000)
         stmt = _get(raw, "statementTimeoutMs", "migrations", int, 0)
         if lock <= 0 or stmt < 0:
-            raise ConfigError("migrations.lockTimeoutMs", f"is {lock} (statementTimeoutMs {stmt})", "lockTimeoutMs > 0, statementTimeoutMs >= 0")
+            raise ConfigError(
+                "migrations.lockTimeoutMs", f"is {lock} (statementTimeoutMs {stmt})", "lockTimeoutMs > 0, statementTimeoutMs >= 0"
+            )
         gate = _get(raw, "requireAppliedIn", "migrations", str, "staging" if environment == "prod" else None)
         return cls(set_dir, target, allow, lock, stmt, gate or None)
 
@@ -131,14 +140,20 @@ class AuroraConfig:
         p = "aurora"
         subnets = tuple(_get(raw, "subnetIds", p, list))
         if len(subnets) < 2 or not all(isinstance(s, str) and s.startswith("subnet-") for s in subnets):
-            raise ConfigError("aurora.subnetIds", f"has {len(subnets)} usable subnet(s)", "at least 2 private subnet ids (subnet-...) in different AZs")
+            raise ConfigError(
+                "aurora.subnetIds", f"has {len(subnets)} usable subnet(s)", "at least 2 private subnet ids (subnet-...) in different AZs"
+            )
         azs = tuple(_get(raw, "availabilityZones", p, list))
         if len(azs) != 3 or len(set(azs)) != 3:
-            raise ConfigError("aurora.availabilityZones", f"is {list(azs)}", "exactly 3 distinct AZs (fewer makes RDS add some and force a replacement)")
+            raise ConfigError(
+                "aurora.availabilityZones", f"is {list(azs)}", "exactly 3 distinct AZs (fewer makes RDS add some and force a replacement)"
+            )
         sgs = tuple(_get(raw, "allowedSecurityGroupIds", p, list, []))
         cidrs = tuple(_get(raw, "allowedCidrs", p, list, []))
         if not sgs and not cidrs:
-            raise ConfigError("aurora.allowedSecurityGroupIds", "and aurora.allowedCidrs are both empty", "at least one client security group or CIDR")
+            raise ConfigError(
+                "aurora.allowedSecurityGroupIds", "and aurora.allowedCidrs are both empty", "at least one client security group or CIDR"
+            )
         for cidr in cidrs:
             try:
                 net = ipaddress.ip_network(cidr)
@@ -148,7 +163,9 @@ class AuroraConfig:
                 raise ConfigError("aurora.allowedCidrs", f"has {cidr!r}", "private CIDRs only (the cluster is never public)")
         version = _get(raw, "engineVersion", p, str)
         if not re.match(r"^(1[4-9]|2\d)\.\d+$", version):
-            raise ConfigError("aurora.engineVersion", f"is {version!r}", "a pinned Aurora PostgreSQL version MAJOR.MINOR, major 14 or later (e.g. 16.4)")
+            raise ConfigError(
+                "aurora.engineVersion", f"is {version!r}", "a pinned Aurora PostgreSQL version MAJOR.MINOR, major 14 or later (e.g. 16.4)"
+            )
         min_c = float(_get(raw, "minCapacity", p, (int, float)))
         max_c = float(_get(raw, "maxCapacity", p, (int, float)))
         for key, value in (("minCapacity", min_c), ("maxCapacity", max_c)):
@@ -192,11 +209,11 @@ class StackConfig:
     environment: str
     db: DatabaseConfig
     migrations: MigrationsConfig
-    aurora: Optional[AuroraConfig]
+    aurora: AuroraConfig | None
     protect: bool
-    region: Optional[str]
+    region: str | None
     tags: dict[str, str] = field(default_factory=dict)
-    admin_password: Optional[pulumi.Output[str]] = None  # local only: from config secret or env
+    admin_password: pulumi.Output[str] | None = None  # local only: from config secret or env
     role_passwords: dict[str, pulumi.Output[str]] = field(default_factory=dict)  # local only
 
     @property
@@ -217,10 +234,12 @@ def _secret(cfg: pulumi.Config, key: str, env: str, environ: Mapping[str, str]) 
         return value
     if environ.get(env):
         return pulumi.Output.secret(environ[env])
-    raise ConfigError(key, f"is missing (and ${env} is not set)", f"a secret: pulumi config set --secret wishlist:{key} ..., or export {env}")
+    raise ConfigError(
+        key, f"is missing (and ${env} is not set)", f"a secret: pulumi config set --secret wishlist:{key} ..., or export {env}"
+    )
 
 
-def load(cfg: Optional[pulumi.Config] = None, environ: Optional[Mapping[str, str]] = None) -> StackConfig:
+def load(cfg: pulumi.Config | None = None, environ: Mapping[str, str] | None = None) -> StackConfig:
     """Read and validate this stack's settings."""
     cfg = cfg or pulumi.Config("wishlist")
     environ = os.environ if environ is None else environ

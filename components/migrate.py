@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .engine import migset
 from .engine.connection import ConnectionSettings, mask_dsn
@@ -28,10 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?", help="for `resolve`: the interrupted version")
     p.add_argument("--dsn", default=None, help="libpq DSN or URL; unset parts come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE")
     p.add_argument("--set", dest="set_dir", default="migrations/app", help="migration set directory (default: migrations/app)")
-    p.add_argument("--to", dest="target", default=None, help="target version: apply up to it, or roll back down to it (0 = before the first)")
-    p.add_argument("--stack", default=None, help="owner identity recorded in the ledger (e.g. wishlist-infra/dev); refuses a database owned by another")
+    p.add_argument(
+        "--to", dest="target", default=None, help="target version: apply up to it, or roll back down to it (0 = before the first)"
+    )
+    p.add_argument(
+        "--stack", default=None, help="owner identity recorded in the ledger (e.g. wishlist-infra/dev); refuses a database owned by another"
+    )
     p.add_argument("--ledger-schema", default="migration_ledger")
-    p.add_argument("--lock-timeout", type=int, default=60_000, metavar="MS", help="wait at most this long for the migration lock and for table locks")
+    p.add_argument(
+        "--lock-timeout", type=int, default=60_000, metavar="MS", help="wait at most this long for the migration lock and for table locks"
+    )
     p.add_argument("--statement-timeout", type=int, default=0, metavar="MS", help="per-statement limit (0 = none)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -60,11 +67,13 @@ def _status_text(state: LedgerState, plan: Plan, mset: migset.MigrationSet) -> s
     for r in state.rows:
         f = files.get(r.version)
         check = "missing file" if f is None else "ok" if f.checksum == r.checksum else "EDITED"
-        rows.append((r.version, r.name, r.applied_at[:19], r.applied_by, str(r.duration_ms), check if r.status == "applied" else "INTERRUPTED"))
+        rows.append(
+            (r.version, r.name, r.applied_at[:19], r.applied_by, str(r.duration_ms), check if r.status == "applied" else "INTERRUPTED")
+        )
     for step in plan.steps:
         rows.append((step.migration.version, step.migration.name, "pending", "", "", "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
     owner = f"owner stack: {state.owner.stack}" if state.owner else "owner stack: none"
     return f"database {state.identity}, {owner}\n{table}"
 
@@ -86,7 +95,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     mset = migset.load(set_dir)
     if args.command == "check":
-        _emit(args, {"ok": True, "versions": mset.versions}, f"ok: {len(mset.migrations)} migration(s) match the journal and snapshots ({', '.join(mset.versions)})")
+        _emit(
+            args,
+            {"ok": True, "versions": mset.versions},
+            f"ok: {len(mset.migrations)} migration(s) match the journal and snapshots ({', '.join(mset.versions)})",
+        )
         return EXIT_OK
     progress = None if (args.quiet or args.json) else (lambda msg: print(msg, file=sys.stderr, flush=True))
     engine = Engine(
@@ -100,8 +113,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.command == "status":
         state, plan = engine.status()
-        payload = {"database": state.identity, "owner": state.owner.__dict__ if state.owner else None,
-                   "applied": [r.as_dict() for r in state.rows], "pending": plan.pending}
+        payload = {
+            "database": state.identity,
+            "owner": state.owner.__dict__ if state.owner else None,
+            "applied": [r.as_dict() for r in state.rows],
+            "pending": plan.pending,
+        }
         _emit(args, payload, _status_text(state, plan, mset))
         return EXIT_OK
     if args.command == "plan":
@@ -114,16 +131,22 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK if report.ok else EXIT_DIFFERS
     if args.command == "apply":
         result = engine.apply(args.target or "latest")
-        text = (f"applied {', '.join(r['version'] for r in result.ran)}; now at {result.current}" if result.ran
-                else f"nothing to apply: at version {result.current or 'none'}") + f", verified ({result.fingerprint})"
+        text = (
+            f"applied {', '.join(r['version'] for r in result.ran)}; now at {result.current}"
+            if result.ran
+            else f"nothing to apply: at version {result.current or 'none'}"
+        ) + f", verified ({result.fingerprint})"
         _emit(args, result.as_dict(), text)
         return EXIT_OK
     if args.command == "rollback":
         if args.target is None:
             raise MigrationError("rollback needs --to VERSION (0 = before the first migration).", "e.g. `rollback --to 0`.")
         result = engine.rollback(args.target)
-        text = (f"rolled back {', '.join(r['version'] for r in result.ran)}; now at {result.current or 'none'}" if result.ran
-                else f"nothing to roll back: at version {result.current or 'none'}")
+        text = (
+            f"rolled back {', '.join(r['version'] for r in result.ran)}; now at {result.current or 'none'}"
+            if result.ran
+            else f"nothing to roll back: at version {result.current or 'none'}"
+        )
         _emit(args, result.as_dict(), text)
         return EXIT_OK
     if args.command == "resolve":

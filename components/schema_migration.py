@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, Resource, ResourceProvider, UpdateResult
@@ -74,7 +74,7 @@ def settings_from(props: dict[str, Any]) -> ConnectionSettings:
 
 def _iam_token(host: str, port: int, user: str, region: str) -> str:
     """A 15-minute RDS IAM auth token, signed locally with the ambient AWS credentials."""
-    import boto3
+    import boto3  # type: ignore[import-untyped]
 
     return str(boto3.client("rds", region_name=region or None).generate_db_auth_token(DBHostname=host, Port=port, DBUsername=user))
 
@@ -150,7 +150,9 @@ class SchemaMigrationProvider(ResourceProvider):
             return DiffResult(changes=True)
         tampered = tampered_in_state(olds, news)
         if tampered:
-            raise _fail(ChecksumMismatch(f"{tampered} was edited after it was applied.", "revert the file and add a new migration instead."))
+            raise _fail(
+                ChecksumMismatch(f"{tampered} was edited after it was applied.", "revert the file and add a new migration instead.")
+            )
         inputs_changed = any(olds.get(k) != news.get(k) for k in INPUT_KEYS)
         try:
             engine = engine_for(news)
@@ -164,13 +166,16 @@ class SchemaMigrationProvider(ResourceProvider):
         except MigrationError as exc:
             raise _fail(exc) from None
         if plan.steps:
-            _log(f"{'pending' if plan.steps[0].direction == 'up' else 'rollback'}: "
-                 + ", ".join(f"{s.direction} {s.migration.label}" for s in plan.steps))
+            _log(
+                f"{'pending' if plan.steps[0].direction == 'up' else 'rollback'}: "
+                + ", ".join(f"{s.direction} {s.migration.label}" for s in plan.steps)
+            )
         drift = [] if report is None else list(report.differences)
         for d in drift:
             _log(f"drift: {d.describe()}")
-        return DiffResult(changes=inputs_changed or bool(plan.steps) or bool(drift) or bool(olds.get("drift")), replaces=[],
-                          delete_before_replace=True)
+        return DiffResult(
+            changes=inputs_changed or bool(plan.steps) or bool(drift) or bool(olds.get("drift")), replaces=[], delete_before_replace=True
+        )
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         outs = self._apply(props)
@@ -225,12 +230,12 @@ class SchemaMigrationArgs:
     port: pulumi.Input[int]
     database: pulumi.Input[str]
     user: pulumi.Input[str]
-    password: Optional[pulumi.Input[str]]
+    password: pulumi.Input[str] | None
     set_dir: str
     stack: str
     sslmode: str = "require"
     auth: str = "password"
-    region: Optional[str] = None
+    region: str | None = None
     target_version: str = "latest"
     allow_rollback: bool = False
     ledger_schema: str = "migration_ledger"
@@ -242,15 +247,15 @@ class SchemaMigrationArgs:
 class SchemaMigration(Resource, module="db", name="SchemaMigration"):
     """The applied, verified state of one migration set in one database."""
 
-    applied_version: pulumi.Output[Optional[str]]
+    applied_version: pulumi.Output[str | None]
     applied: pulumi.Output[list[dict[str, str]]]
     fingerprint: pulumi.Output[str]
     drift: pulumi.Output[list[str]]
     database_identity: pulumi.Output[str]
-    target_version: pulumi.Output[Optional[str]]
+    target_version: pulumi.Output[str | None]
     expected_fingerprint: pulumi.Output[str]
 
-    def __init__(self, name: str, args: SchemaMigrationArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: SchemaMigrationArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         mset = migset.load(Path(args.set_dir))  # a malformed or edited set fails here, at preview, naming the file
         target = mset.resolve_target(args.target_version)
         expected = mset.get(target).fingerprint if target else None

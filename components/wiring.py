@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, cast
 
 import pulumi
 
@@ -17,9 +17,9 @@ class AdminConnection:
     port: pulumi.Input[int]
     admin_user: str
     admin_password: pulumi.Output[str]
-    reader_host: Optional[pulumi.Input[str]] = None
-    proxy_host: Optional[pulumi.Input[str]] = None
-    secret_arn: Optional[pulumi.Input[str]] = None
+    reader_host: pulumi.Input[str] | None = None
+    proxy_host: pulumi.Input[str] | None = None
+    secret_arn: pulumi.Input[str] | None = None
 
 
 def admin_connection(cfg: StackConfig) -> AdminConnection:
@@ -34,10 +34,25 @@ def admin_connection(cfg: StackConfig) -> AdminConnection:
 
     cluster = AuroraCluster(
         "db",
-        AuroraClusterArgs(config=cfg.aurora, environment=cfg.environment, stack=cfg.stack, database=cfg.db.name,
-                          master_username=cfg.db.admin_user, protect=cfg.protect, tags=cfg.tags),
+        AuroraClusterArgs(
+            config=cfg.aurora,
+            environment=cfg.environment,
+            stack=cfg.stack,
+            database=cfg.db.name,
+            master_username=cfg.db.admin_user,
+            protect=cfg.protect,
+            tags=cfg.tags,
+        ),
     )
     secret = aws.secretsmanager.get_secret_version_output(secret_id=cluster.secret_arn)
-    password = pulumi.Output.secret(secret.secret_string.apply(lambda s: str(json.loads(s)["password"])))
-    return AdminConnection(host=cluster.endpoint, port=PORT, admin_user=cfg.db.admin_user, admin_password=password,
-                           reader_host=cluster.reader_endpoint, proxy_host=cluster.proxy_endpoint, secret_arn=cluster.secret_arn)
+    plain = secret.secret_string.apply(lambda s: str(json.loads(s)["password"]))
+    password = cast(pulumi.Output[str], pulumi.Output.secret(cast(Any, plain)))  # secret_string is secret already; be explicit
+    return AdminConnection(
+        host=cluster.endpoint,
+        port=PORT,
+        admin_user=cfg.db.admin_user,
+        admin_password=password,
+        reader_host=cluster.reader_endpoint,
+        proxy_host=cluster.proxy_endpoint,
+        secret_arn=cluster.secret_arn,
+    )

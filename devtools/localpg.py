@@ -19,8 +19,9 @@ from pathlib import Path
 
 IS_ROOT = os.geteuid() == 0
 RUN_AS = "postgres" if IS_ROOT else None
-DEFAULT_ROOT = Path(os.environ.get("WISHLIST_PGROOT", "/var/tmp/wishlist-infra-pg" if IS_ROOT else
-                                   str(Path(os.environ.get("WISHLIST_CACHE", Path.home() / ".cache/wishlist-infra")) / "pg")))
+_ROOT_FOR_ROOT = "/var/tmp/wishlist-infra-pg"  # noqa: S108 -- must be reachable by the postgres user, unlike /root
+_CACHE = Path(os.environ.get("WISHLIST_CACHE", Path.home() / ".cache/wishlist-infra"))
+DEFAULT_ROOT = Path(os.environ.get("WISHLIST_PGROOT", _ROOT_FOR_ROOT if IS_ROOT else str(_CACHE / "pg")))
 ADMIN_USER = "wishlist_admin"
 
 # Settings for disposable clusters: fast, loopback only, small.
@@ -77,8 +78,25 @@ class Cluster:
 
     def superuser_psql(self, sql: str, dbname: str = "postgres") -> str:
         """Run SQL as the bootstrap superuser over the private socket (trust auth, dir mode 0700)."""
-        out = _run([str(pg_bindir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.socket_dir),
-                    "-p", str(self.port), "-U", "postgres", "-d", dbname, "-Atc", sql])
+        out = _run(
+            [
+                str(pg_bindir() / "psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                dbname,
+                "-Atc",
+                sql,
+            ]
+        )
         return out.stdout
 
     def running(self) -> bool:
@@ -87,10 +105,22 @@ class Cluster:
     def start(self, *, fast: bool = True, extra: list[str] | None = None) -> None:
         if self.running():
             return
-        opts = ["-p", str(self.port), "-k", str(self.socket_dir), "-c", "listen_addresses=127.0.0.1",
-                "-c", "max_connections=60", *(_FAST if fast else []), *(extra or [])]
-        result = _run([str(pg_bindir() / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
-                       "-o", " ".join(opts), "start"], check=False)
+        opts = [
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.socket_dir),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=60",
+            *(_FAST if fast else []),
+            *(extra or []),
+        ]
+        result = _run(
+            [str(pg_bindir() / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", " ".join(opts), "start"],
+            check=False,
+        )
         if result.returncode != 0:
             tail = self.log.read_text()[-2000:] if self.log.exists() else ""
             raise RuntimeError(f"PostgreSQL did not start on 127.0.0.1:{self.port}: {result.stderr.strip()}\n{tail}")
@@ -121,8 +151,21 @@ def init_cluster(root: Path, port: int, admin_password: str, dbname: str = "wish
     _prepare_dir(cluster.socket_dir)
     if not (cluster.data / "PG_VERSION").exists():
         _prepare_dir(cluster.data)
-        _run([str(pg_bindir() / "initdb"), "-D", str(cluster.data), "-U", "postgres", "--auth-local=trust",
-              "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+        _run(
+            [
+                str(pg_bindir() / "initdb"),
+                "-D",
+                str(cluster.data),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ]
+        )
     cluster.start()
     exists = cluster.superuser_psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{ADMIN_USER}'").strip()
     verb = "ALTER" if exists else "CREATE"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -31,8 +31,15 @@ def pg_cluster() -> Iterator[localpg.Cluster]:
 
 @pytest.fixture(scope="session")
 def admin(pg_cluster: localpg.Cluster) -> ConnectionSettings:
-    return ConnectionSettings(host="127.0.0.1", port=pg_cluster.port, dbname="wishlist", user=localpg.ADMIN_USER,
-                              password=pg_cluster.admin_password, sslmode="disable", connect_timeout=5)
+    return ConnectionSettings(
+        host="127.0.0.1",
+        port=pg_cluster.port,
+        dbname="wishlist",
+        user=localpg.ADMIN_USER,
+        password=pg_cluster.admin_password,
+        sslmode="disable",
+        connect_timeout=5,
+    )
 
 
 @pytest.fixture

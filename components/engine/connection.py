@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConnectFailed
 
@@ -106,6 +107,5 @@ class ConnectionSettings:
                 message = message.replace(self.password, "***")
             raise ConnectFailed(
                 f"cannot connect to {self.describe()}: {mask_dsn(message)}.",
-                "check host, port, user and password (PGPASSWORD or the stack secret), "
-                "and that the server is running and reachable.",
+                "check host, port, user and password (PGPASSWORD or the stack secret), and that the server is running and reachable.",
             ) from None

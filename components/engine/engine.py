@@ -6,9 +6,10 @@ import getpass
 import hashlib
 import socket
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
@@ -422,7 +423,8 @@ class Engine:
         if not report.ok:
             raise DriftDetected(
                 f"the live schema of {self.settings.describe()} differs from the snapshot of version {version}: "
-                + "; ".join(d.describe() for d in report.differences) + ".",
+                + "; ".join(d.describe() for d in report.differences)
+                + ".",
                 "undo the manual change (or capture it in a new migration), check with "
                 "`python -m components.migrate drift`, then run again.",
             )
@@ -464,8 +466,9 @@ class Engine:
         self.progress(f"{label}: done in {duration} ms, verified")
         return {"version": m.version, "name": m.name, "direction": step.direction, "duration_ms": duration}
 
-    def _record(self, conn: psycopg.Connection[Any], step: Step, state: LedgerState, started: float,
-                fingerprint: str | None, status: str = APPLIED) -> None:
+    def _record(
+        self, conn: psycopg.Connection[Any], step: Step, state: LedgerState, started: float, fingerprint: str | None, status: str = APPLIED
+    ) -> None:
         m = step.migration
         if step.direction == "down":
             self.ledger.forget(conn, m.version)
@@ -511,7 +514,13 @@ class Engine:
 
         diag = exc.diag if isinstance(exc, psycopg.Error) else None
         state = getattr(exc, "sqlstate", None) or ""
-        primary = (diag.message_primary if diag and diag.message_primary else str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        primary = (
+            diag.message_primary
+            if diag and diag.message_primary
+            else str(exc).strip().splitlines()[0]
+            if str(exc).strip()
+            else type(exc).__name__
+        )
         snippet = " ".join(stmt.text.split())[:160]
         if isinstance(exc, psycopg.OperationalError) and not state:
             return StatementFailed(
@@ -536,14 +545,17 @@ class Engine:
                 f"{label}: the connection failed while committing: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}.",
                 "nothing of this migration was committed unless the ledger shows it; check `status` and run again.",
             )
-        return MigrationError(f"{label}: unexpected failure: {type(exc).__name__}: {exc}.", "report this as a bug; the migration was rolled back.")
+        return MigrationError(
+            f"{label}: unexpected failure: {type(exc).__name__}: {exc}.", "report this as a bug; the migration was rolled back."
+        )
 
     def _verify_or_raise(self, label: str, version: str | None, expected: cat.Catalog, live: cat.Catalog) -> None:
         differences = cat.compare(expected, live)
         if differences:
             raise VerifyFailed(
                 f"{label}: the catalog after the migration does not match the snapshot of "
-                f"{version or 'the empty schema'}: " + "; ".join(d.describe() for d in differences[:10])
+                f"{version or 'the empty schema'}: "
+                + "; ".join(d.describe() for d in differences[:10])
                 + (f" (+{len(differences) - 10} more)" if len(differences) > 10 else "")
                 + ". The migration was rolled back.",
                 "regenerate the snapshot if the migration changed on purpose and was never applied "

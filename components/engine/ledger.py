@@ -155,9 +155,9 @@ class Ledger:
 
     def claim(self, conn: psycopg.Connection[Any], stack: str, system_identifier: str, database: str) -> None:
         conn.execute(
-            sql.SQL("INSERT INTO {} (set_name, stack, system_identifier, database) VALUES (%s, %s, %s, %s) ON CONFLICT (set_name) DO NOTHING").format(
-                self._t("owner")
-            ),
+            sql.SQL(
+                "INSERT INTO {} (set_name, stack, system_identifier, database) VALUES (%s, %s, %s, %s) ON CONFLICT (set_name) DO NOTHING"
+            ).format(self._t("owner")),
             (self.set_name, stack, system_identifier, database),
         )
 

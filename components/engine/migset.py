@@ -163,7 +163,9 @@ def _read_json(path: Path, what: str, set_dir: Path) -> Any:
     except FileNotFoundError:
         raise SetError(f"{what} {path} is missing.", SNAPSHOT_HINT.format(set_dir=set_dir)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SetError(f"{what} {path} is not valid JSON ({exc}).", "restore it from git, or " + SNAPSHOT_HINT.format(set_dir=set_dir)) from None
+        raise SetError(
+            f"{what} {path} is not valid JSON ({exc}).", "restore it from git, or " + SNAPSHOT_HINT.format(set_dir=set_dir)
+        ) from None
 
 
 def _require(cond: bool, path: Path, what: str, set_dir: Path) -> None:
@@ -191,7 +193,12 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
         _require(isinstance(entry, dict), journal_path, f"entry {idx} is not an object", directory)
         version = entry.get("version")
         _require(isinstance(version, str) and version.isdigit(), journal_path, f"entry {idx} has no numeric 'version'", directory)
-        _require(isinstance(entry.get("up"), dict) and isinstance(entry["up"].get("sha256"), str), journal_path, f"entry {version} has no up.sha256", directory)
+        _require(
+            isinstance(entry.get("up"), dict) and isinstance(entry["up"].get("sha256"), str),
+            journal_path,
+            f"entry {version} has no up.sha256",
+            directory,
+        )
         if int(version) == previous:
             raise SetError(f"journal {journal_path} lists version {version} twice.", SNAPSHOT_HINT.format(set_dir=directory))
         if int(version) < previous:
@@ -226,7 +233,9 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
                 )
             down_sql = down_bytes.decode()
         elif entry.get("down"):
-            raise SetError(f"journal lists a down file for {version} but {scanned.up.name[:-4]}.down.sql is missing.", "restore it from git.")
+            raise SetError(
+                f"journal lists a down file for {version} but {scanned.up.name[:-4]}.down.sql is missing.", "restore it from git."
+            )
         snapshot: Catalog | None = None
         snap_path = meta / f"{version}_snapshot.json"
         if snap_path.exists() or require_snapshots:
@@ -271,7 +280,10 @@ def write_meta(directory: Path, schema: str, snapshots: dict[str, Catalog]) -> P
         entries.append(entry)
         snap = snapshots[f.version]
         (meta / f"{f.version}_snapshot.json").write_text(
-            json.dumps({"version": f.version, "schema": schema, "fingerprint": fingerprint(snap), "catalog": snap}, indent=2, sort_keys=True) + "\n"
+            json.dumps(
+                {"version": f.version, "schema": schema, "fingerprint": fingerprint(snap), "catalog": snap}, indent=2, sort_keys=True
+            )
+            + "\n"
         )
     journal = {"format": JOURNAL_FORMAT, "set": directory.name, "schema": schema, "entries": entries}
     path = meta / "_journal.json"

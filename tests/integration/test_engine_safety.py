@@ -32,7 +32,9 @@ from tests.integration.test_wish2007 import engine_for, ledger_rows, q
 
 
 def _schema_is_untouched(db: ConnectionSettings) -> None:
-    assert q(db, "SELECT to_regtype('wishlist_store'), to_regclass('wishlist_items'), to_regnamespace('migration_ledger')") == [(None, None, None)]
+    assert q(db, "SELECT to_regtype('wishlist_store'), to_regclass('wishlist_items'), to_regnamespace('migration_ledger')") == [
+        (None, None, None)
+    ]
 
 
 def _role(db: ConnectionSettings, *grants: str) -> ConnectionSettings:
@@ -83,8 +85,14 @@ def test_lock_held_elsewhere_times_out_clearly(fresh_db: ConnectionSettings) -> 
 def _cli(db: ConnectionSettings, *args: str, set_dir: Path = APP_SET) -> subprocess.Popen[str]:
     env = {**os.environ, "PGPASSWORD": db.password or ""}
     dsn = f"host={db.host} port={db.port} dbname={db.dbname} user={db.user} sslmode=disable"
-    return subprocess.Popen([sys.executable, "-m", "components.migrate", *args, "--dsn", dsn, "--set", str(set_dir)],
-                            cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "components.migrate", *args, "--dsn", dsn, "--set", str(set_dir)],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_two_concurrent_appliers_one_applies_the_other_finds_nothing(fresh_db: ConnectionSettings) -> None:
@@ -112,7 +120,7 @@ def test_tampered_applied_file_is_refused(fresh_db: ConnectionSettings, set_copy
     up = set_copy / "0007_wishlist_items.sql"
     up.write_text(up.read_text().replace("'Other'", "'Other', 'Amazon'"))
     # Without a new journal the set itself is refused...
-    with pytest.raises(ChecksumMismatch, match="0007_wishlist_items.sql was changed after the journal"):
+    with pytest.raises(ChecksumMismatch, match=r"0007_wishlist_items\.sql was changed after the journal"):
         migset.load(set_copy)
     # ...and with a regenerated journal the ledger still catches it, naming the file.
     generate(fresh_db, set_copy)
@@ -134,13 +142,17 @@ def _add_migration(set_copy: Path, db: ConnectionSettings, version: str, up: str
 
 def test_next_migration_applies_in_order_and_rolls_back(fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings) -> None:
     Engine(fresh_db, migset.load(set_copy)).apply()
-    _add_migration(set_copy, admin, "0008", "ALTER TABLE wishlist_items ADD COLUMN theme text;\n", "ALTER TABLE wishlist_items DROP COLUMN theme;\n")
+    _add_migration(
+        set_copy, admin, "0008", "ALTER TABLE wishlist_items ADD COLUMN theme text;\n", "ALTER TABLE wishlist_items DROP COLUMN theme;\n"
+    )
     engine = Engine(fresh_db, migset.load(set_copy))
     assert engine.plan().pending == ["0008"]
     result = engine.apply()
     assert [r["version"] for r in result.ran] == ["0008"] and engine.verify().ok
     engine.rollback("0007")
-    assert q(fresh_db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'wishlist_items' AND column_name = 'theme'") == [(0,)]
+    assert q(fresh_db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'wishlist_items' AND column_name = 'theme'") == [
+        (0,)
+    ]
     assert [r[0] for r in ledger_rows(fresh_db)] == ["0007"] and engine.verify().ok
 
 
@@ -148,7 +160,7 @@ def test_out_of_order_file_is_refused(fresh_db: ConnectionSettings, set_copy: Pa
     _add_migration(set_copy, admin, "0009", "CREATE TABLE later (id int);\n")
     Engine(fresh_db, migset.load(set_copy)).apply()
     _add_migration(set_copy, admin, "0008", "CREATE TABLE earlier (id int);\n")
-    with pytest.raises(OutOfOrder, match="renumber it above 0009"):
+    with pytest.raises(OutOfOrder, match=r"renumber it above 0009"):
         Engine(fresh_db, migset.load(set_copy)).apply()
 
 
@@ -158,7 +170,7 @@ def test_verify_failure_rolls_the_migration_back(fresh_db: ConnectionSettings, s
     # The file changes after its snapshot was taken, and the journal is patched to match: only verify can notice.
     path = set_copy / "0008_next.sql"
     path.write_text("CREATE INDEX idx_notes ON wishlist_items (title);\n")
-    journal = (set_copy / "meta/_journal.json")
+    journal = set_copy / "meta/_journal.json"
     journal.write_text(journal.read_text().replace(_journal_sha(set_copy, "0008"), migset.sha256_hex(path.read_bytes())))
     with pytest.raises(VerifyFailed, match="index idx_notes differs"):
         Engine(fresh_db, migset.load(set_copy)).apply()
@@ -173,13 +185,18 @@ def _journal_sha(set_dir: Path, version: str) -> str:
     return str(next(e for e in entries if e["version"] == version)["up"]["sha256"])
 
 
-def test_drift_is_reported_object_by_object_and_blocks_apply(fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings) -> None:
+def test_drift_is_reported_object_by_object_and_blocks_apply(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
     engine_for(fresh_db).apply()
     with fresh_db.connect() as conn:
         conn.execute("DROP INDEX idx_wishlist_user_priority")
         conn.execute("CREATE INDEX idx_by_hand ON wishlist_items (title)")
     report = engine_for(fresh_db).verify()
-    assert [(d.key, d.change) for d in report.differences] == [("index:idx_by_hand", "unexpected"), ("index:idx_wishlist_user_priority", "missing")]
+    assert [(d.key, d.change) for d in report.differences] == [
+        ("index:idx_by_hand", "unexpected"),
+        ("index:idx_wishlist_user_priority", "missing"),
+    ]
     _add_migration(set_copy, admin, "0008", "ALTER TABLE wishlist_items ADD COLUMN theme text;\n")
     with pytest.raises(DriftDetected, match="idx_wishlist_user_priority is missing"):
         Engine(fresh_db, migset.load(set_copy)).apply()
@@ -188,10 +205,10 @@ def test_drift_is_reported_object_by_object_and_blocks_apply(fresh_db: Connectio
 
 def test_set_errors_name_the_problem(set_copy: Path) -> None:
     (set_copy / "meta/0007_snapshot.json").unlink()
-    with pytest.raises(SetError, match="0007_snapshot.json is missing"):
+    with pytest.raises(SetError, match=r"0007_snapshot\.json is missing"):
         migset.load(set_copy)
     (set_copy / "0010_Bad-Name.sql").write_text("select 1;")
-    with pytest.raises(SetError, match="is not named NNNN_name.sql"):
+    with pytest.raises(SetError, match=r"is not named NNNN_name\.sql"):
         migset.load(set_copy)
 
 

@@ -17,12 +17,25 @@ from tests.integration.test_wish2007 import ledger_rows, q
 def props_for(db: ConnectionSettings, set_dir: Path, **extra: Any) -> dict[str, Any]:
     mset = migset.load(set_dir)
     return {
-        "host": db.host, "port": db.port, "database": db.dbname, "user": db.user, "password": db.password,
-        "sslmode": "disable", "connect_timeout": 5, "auth": "password", "region": None,
-        "set_dir": str(set_dir), "migrations": mset.manifest(), "target_version": mset.latest,
+        "host": db.host,
+        "port": db.port,
+        "database": db.dbname,
+        "user": db.user,
+        "password": db.password,
+        "sslmode": "disable",
+        "connect_timeout": 5,
+        "auth": "password",
+        "region": None,
+        "set_dir": str(set_dir),
+        "migrations": mset.manifest(),
+        "target_version": mset.latest,
         "expected_fingerprint": mset.get(mset.latest).fingerprint if mset.latest else None,
-        "allow_rollback": False, "stack": "wishlist-infra/test", "ledger_schema": "migration_ledger",
-        "lock_timeout_ms": 5000, "statement_timeout_ms": 0, **extra,
+        "allow_rollback": False,
+        "stack": "wishlist-infra/test",
+        "ledger_schema": "migration_ledger",
+        "lock_timeout_ms": 5000,
+        "statement_timeout_ms": 0,
+        **extra,
     }
 
 

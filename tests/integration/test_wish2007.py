@@ -72,8 +72,11 @@ def test_fresh_apply_creates_the_story_schema(fresh_db: ConnectionSettings) -> N
 
     # The story's manual verification queries, verbatim where they are plain SQL.
     assert q(fresh_db, "SELECT table_name FROM information_schema.tables WHERE table_name = 'wishlist_items'") == [("wishlist_items",)]
-    cols = q(fresh_db, "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns"
-                       " WHERE table_name = 'wishlist_items' ORDER BY ordinal_position")
+    cols = q(
+        fresh_db,
+        "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns"
+        " WHERE table_name = 'wishlist_items' ORDER BY ordinal_position",
+    )
     assert cols == EXPECTED_COLUMNS
     udt = dict(q(fresh_db, "SELECT column_name, udt_name FROM information_schema.columns WHERE table_name = 'wishlist_items'"))
     assert (udt["store"], udt["currency"]) == ("wishlist_store", "wishlist_currency")
@@ -81,7 +84,9 @@ def test_fresh_apply_creates_the_story_schema(fresh_db: ConnectionSettings) -> N
     assert indexes == EXPECTED_INDEXES | {"wishlist_items_pkey"}
     assert enum_labels(fresh_db, "wishlist_store") == STORE_LABELS
     assert enum_labels(fresh_db, "wishlist_currency") == CURRENCY_LABELS
-    constraints = dict(q(fresh_db, "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'wishlist_items'::regclass"))
+    constraints = dict(
+        q(fresh_db, "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'wishlist_items'::regclass")
+    )
     assert constraints["priority_range_check"] == "CHECK (((priority >= 0) AND (priority <= 5)))"
 
     with fresh_db.connect() as conn:
@@ -107,7 +112,9 @@ def test_rollback_drops_table_and_enums_then_apply_again(fresh_db: ConnectionSet
     engine_for(fresh_db).apply()
     result = engine_for(fresh_db).rollback("0")
     assert [r["version"] for r in result.ran] == ["0007"] and result.current is None
-    assert q(fresh_db, "SELECT to_regclass('wishlist_items'), to_regtype('wishlist_store'), to_regtype('wishlist_currency')") == [(None, None, None)]
+    assert q(fresh_db, "SELECT to_regclass('wishlist_items'), to_regtype('wishlist_store'), to_regtype('wishlist_currency')") == [
+        (None, None, None)
+    ]
     assert ledger_rows(fresh_db) == []
     again = engine_for(fresh_db).apply()
     assert [r["version"] for r in again.ran] == ["0007"]
@@ -157,4 +164,6 @@ def test_conflicting_schema_fails_and_leaves_nothing(fresh_db: ConnectionSetting
     assert "already exists" in str(err.value) and "42P07" in str(err.value) and "0007_wishlist_items" in str(err.value)
     assert q(fresh_db, "SELECT to_regtype('wishlist_store'), to_regtype('wishlist_currency')") == [(None, None)]
     assert ledger_rows(fresh_db) == []
-    assert [r[0] for r in q(fresh_db, "SELECT column_name FROM information_schema.columns WHERE table_name = 'wishlist_items' ORDER BY 1")] == ["id", "name"]
+    assert [
+        r[0] for r in q(fresh_db, "SELECT column_name FROM information_schema.columns WHERE table_name = 'wishlist_items' ORDER BY 1")
+    ] == ["id", "name"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import runpy
+from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pulumi
 import yaml
@@ -33,11 +34,18 @@ class Mocks(pulumi.runtime.Mocks):
         state = dict(args.inputs)
         name = args.name
         if args.typ == "aws:rds/cluster:Cluster":
-            state |= {"endpoint": f"{name}.cluster-abc.us-east-1.rds.amazonaws.com",
-                      "readerEndpoint": f"{name}.cluster-ro-abc.us-east-1.rds.amazonaws.com",
-                      "masterUserSecrets": [{"secretArn": f"arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!{name}",
-                                             "secretStatus": "active", "kmsKeyId": "k"}],
-                      "port": 5432}
+            state |= {
+                "endpoint": f"{name}.cluster-abc.us-east-1.rds.amazonaws.com",
+                "readerEndpoint": f"{name}.cluster-ro-abc.us-east-1.rds.amazonaws.com",
+                "masterUserSecrets": [
+                    {
+                        "secretArn": f"arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!{name}",
+                        "secretStatus": "active",
+                        "kmsKeyId": "k",
+                    }
+                ],
+                "port": 5432,
+            }
         elif args.typ == "aws:rds/proxy:Proxy":
             state |= {"endpoint": f"{name}.proxy-abc.us-east-1.rds.amazonaws.com", "name": name}
         elif args.typ == "aws:kms/key:Key":
@@ -50,8 +58,13 @@ class Mocks(pulumi.runtime.Mocks):
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         if args.token == "aws:secretsmanager/getSecretVersion:getSecretVersion":
-            return {"secretString": json.dumps({"username": "wishlist_admin", "password": MASTER_PASSWORD}),
-                    "arn": args.args.get("secretId"), "id": "v1", "versionId": "v1", "secretId": args.args.get("secretId")}
+            return {
+                "secretString": json.dumps({"username": "wishlist_admin", "password": MASTER_PASSWORD}),
+                "arn": args.args.get("secretId"),
+                "id": "v1",
+                "versionId": "v1",
+                "secretId": args.args.get("secretId"),
+            }
         return {}
 
 
@@ -82,14 +95,21 @@ class RecordingMonitor(mocks.MockMonitor):
         if request.type != "pulumi:pulumi:Stack":
             raw = json.loads(json.dumps(_struct_to_py(request.object)))
             secret_inputs = {k for k, v in raw.items() if isinstance(v, dict) and v.get(SIG_KEY) == SECRET_SIG}
-            self.registrations.append(Registration(
-                urn=response.urn, type=request.type, name=request.name,
-                inputs=dict(self.resources[response.urn].state) if response.urn in self.resources else {},
-                protect=bool(request.protect), retain_on_delete=bool(request.retainOnDelete),
-                dependencies=list(request.dependencies), provider=request.provider,
-                additional_secret_outputs=list(request.additionalSecretOutputs), secret_inputs=secret_inputs,
-                parent=request.parent,
-            ))
+            self.registrations.append(
+                Registration(
+                    urn=response.urn,
+                    type=request.type,
+                    name=request.name,
+                    inputs=dict(self.resources[response.urn].state) if response.urn in self.resources else {},
+                    protect=bool(request.protect),
+                    retain_on_delete=bool(request.retainOnDelete),
+                    dependencies=list(request.dependencies),
+                    provider=request.provider,
+                    additional_secret_outputs=list(request.additionalSecretOutputs),
+                    secret_inputs=secret_inputs,
+                    parent=request.parent,
+                )
+            )
         return response
 
 

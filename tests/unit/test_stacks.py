@@ -49,13 +49,21 @@ def test_cluster_is_secure_by_default(programs: dict[str, Program], stack: str) 
     rules = [r.inputs for r in p.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")]
     assert all(r["fromPort"] == r["toPort"] == 5432 and r["ipProtocol"] == "tcp" for r in rules)
     sources = {r.get("referencedSecurityGroupId") or r.get("cidrIpv4") for r in rules}
-    allowed = set(stack_config(stack)["wishlist:aurora"]["allowedSecurityGroupIds"]) | set(stack_config(stack)["wishlist:aurora"].get("allowedCidrs", []))
+    allowed = set(stack_config(stack)["wishlist:aurora"]["allowedSecurityGroupIds"]) | set(
+        stack_config(stack)["wishlist:aurora"].get("allowedCidrs", [])
+    )
     assert sources - {"db-sg-id"} == allowed  # plus the group itself, for the proxy
 
     proxy = p.one("aws:rds/proxy:Proxy").inputs
     assert proxy["requireTls"] is True and proxy["engineFamily"] == "POSTGRESQL"
-    assert proxy["auths"] == [{"authScheme": "SECRETS", "iamAuth": "REQUIRED", "description": "master credentials from Secrets Manager",
-                               "secretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!db-cluster"}]
+    assert proxy["auths"] == [
+        {
+            "authScheme": "SECRETS",
+            "iamAuth": "REQUIRED",
+            "description": "master credentials from Secrets Manager",
+            "secretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!db-cluster",
+        }
+    ]
     assert p.one("aws:rds/proxyTarget:ProxyTarget").inputs["targetGroupName"] == "default"
     for inst in p.of_type("aws:rds/clusterInstance:ClusterInstance"):
         assert inst.inputs["instanceClass"] == "db.serverless" and inst.inputs["publiclyAccessible"] is False
@@ -104,7 +112,9 @@ def test_roles_have_exactly_their_privileges(programs: dict[str, Program], stack
     p = programs[stack]
     roles = {r.inputs["name"]: r.inputs for r in p.of_type("postgresql:index/role:Role")}
     assert set(roles) == {"wishlist_migrator", "wishlist_app", "wishlist_readonly"}
-    assert all(r["login"] is True and r["superuser"] is False and r["createRole"] is False and r["createDatabase"] is False for r in roles.values())
+    assert all(
+        r["login"] is True and r["superuser"] is False and r["createRole"] is False and r["createDatabase"] is False for r in roles.values()
+    )
     assert _grants(p) == {
         ("wishlist_migrator", "schema"): ["CREATE", "USAGE"],
         ("wishlist_app", "schema"): ["USAGE"],
@@ -112,8 +122,10 @@ def test_roles_have_exactly_their_privileges(programs: dict[str, Program], stack
         ("wishlist_app", "table:wishlist_items"): ["DELETE", "INSERT", "SELECT", "UPDATE"],
         ("wishlist_readonly", "table:wishlist_items"): ["SELECT"],
     }
-    defaults = {(d.inputs["role"], d.inputs["owner"], d.inputs["objectType"]): sorted(d.inputs["privileges"])
-                for d in p.of_type("postgresql:index/defaultPrivileges:DefaultPrivileges")}
+    defaults = {
+        (d.inputs["role"], d.inputs["owner"], d.inputs["objectType"]): sorted(d.inputs["privileges"])
+        for d in p.of_type("postgresql:index/defaultPrivileges:DefaultPrivileges")
+    }
     assert defaults == {
         ("wishlist_app", "wishlist_migrator", "table"): ["DELETE", "INSERT", "SELECT", "UPDATE"],
         ("wishlist_readonly", "wishlist_migrator", "table"): ["SELECT"],
@@ -122,7 +134,9 @@ def test_roles_have_exactly_their_privileges(programs: dict[str, Program], stack
     iam = {g.inputs["role"] for g in p.of_type("postgresql:index/grantRole:GrantRole") if g.inputs["grantRole"] == "rds_iam"}
     if stack == "dev":
         assert iam == set()
-        assert all("passwordWo" in r.secret_inputs and r.inputs["passwordWoVersion"] == "1" for r in p.of_type("postgresql:index/role:Role"))
+        assert all(
+            "passwordWo" in r.secret_inputs and r.inputs["passwordWoVersion"] == "1" for r in p.of_type("postgresql:index/role:Role")
+        )
     else:
         assert iam == set(roles)
         assert all("passwordWo" not in r.inputs and "password" not in r.inputs for r in p.of_type("postgresql:index/role:Role"))

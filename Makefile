@@ -1,0 +1,46 @@
+# The two commands a newcomer needs: `make up` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+ENV := . ./scripts/env.sh &&
+STACK ?= dev
+
+.PHONY: setup db-up db-down up preview destroy test test-unit test-integration test-e2e lint bench soak
+
+setup:            ## install everything (PostgreSQL, venv, pulumi tools); seconds when already there
+	@bash scripts/setup.sh
+
+db-up: setup      ## start the dev stack's local PostgreSQL on 127.0.0.1:55432
+	@$(ENV) python -m devtools.localpg up
+
+db-down:          ## stop it (data is kept outside the repo)
+	@$(ENV) python -m devtools.localpg down
+
+up: db-up         ## pulumi up on the dev stack: roles, grants and the applied, verified migration
+	@$(ENV) pulumi stack select --create $(STACK) --non-interactive && pulumi up --stack $(STACK) --yes --skip-preview=false
+
+preview: db-up    ## what pulumi up would do on the dev stack (pending migrations, drift)
+	@$(ENV) pulumi preview --stack $(STACK) --diff
+
+destroy: db-up    ## destroy the dev stack (rolls the schema back: dev allows it)
+	@$(ENV) pulumi destroy --stack $(STACK) --yes
+
+lint: setup
+	@$(ENV) ruff check . && ruff format --check components devtools tests bench __main__.py && mypy
+
+test: setup lint  ## the whole suite: unit, integration (real PostgreSQL), end-to-end (real pulumi CLI)
+	@$(ENV) python -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: setup
+	@$(ENV) python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup
+	@$(ENV) python -m pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: setup
+	@$(ENV) python -m pytest tests/e2e $(PYTEST_ARGS)
+
+soak: setup       ## the fault suite with more repetitions
+	@$(ENV) WISHLIST_SOAK=1 python -m pytest tests/integration -k fault $(PYTEST_ARGS)
+
+bench: setup      ## benchmarks against raw psql; writes bench/results/latest.md
+	@$(ENV) python -m bench

@@ -1,0 +1,233 @@
+"""The real `pulumi` CLI on the dev stack, local file backend, against a real PostgreSQL. Tests run in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from components.engine import migset
+from components.engine.connection import ConnectionSettings
+from components.engine.snapshot import generate
+from devtools import localpg
+from tests.conftest import REPO
+from tests.integration.test_wish2007 import CURRENCY_LABELS, EXPECTED_COLUMNS, EXPECTED_INDEXES, STORE_LABELS, enum_labels, q
+
+PROJECT_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml", "__main__.py", "components", "migrations")
+ROLES = ("wishlist_migrator", "wishlist_app", "wishlist_readonly")
+
+
+def pulumi_bin() -> Path:
+    versions = dict(
+        line.split("=", 1) for line in (REPO / "versions.env").read_text().splitlines() if "=" in line and not line.startswith("#")
+    )
+    cache = Path(os.environ.get("WISHLIST_CACHE", Path.home() / ".cache/wishlist-infra"))
+    return cache / f"pulumi-{versions['PULUMI_VERSION']}" / "bin"
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    env: dict[str, str]
+    db: ConnectionSettings
+    passwords: dict[str, str]
+    log: list[str] = field(default_factory=list)
+
+    def run(self, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["pulumi", *args, "--stack", "dev", "--non-interactive", "--color", "never"],
+            cwd=self.workdir,
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        self.log.append(f"$ pulumi {' '.join(args)}\n{proc.stdout}\n{proc.stderr}")
+        if check and proc.returncode != 0:
+            raise AssertionError(f"pulumi {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def outputs(self) -> dict[str, Any]:
+        return dict(json.loads(self.run("stack", "output", "--json").stdout))
+
+    def as_role(self, role: str) -> ConnectionSettings:
+        return replace(self.db, user=role, password=self.passwords[role])
+
+
+@pytest.fixture(scope="module")
+def stack(pg_cluster: localpg.Cluster, admin: ConnectionSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    bin_dir = pulumi_bin()
+    assert (bin_dir / "pulumi").exists(), f"{bin_dir}/pulumi is missing: run scripts/setup.sh (make setup) first"
+    root = tmp_path_factory.mktemp("e2e")
+    workdir = root / "project"
+    workdir.mkdir()
+    for name in PROJECT_FILES:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / name)
+    dbname = f"e2e_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    passwords = {role: secrets.token_hex(16) for role in ROLES}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "WISHLIST_"))},
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PULUMI_HOME": str(Path(os.environ.get("PULUMI_HOME", bin_dir.parent.parent / "pulumi-home"))),
+        "PULUMI_BACKEND_URL": f"file://{root / 'state'}",
+        "PULUMI_CONFIG_PASSPHRASE": secrets.token_hex(8),
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        "PULUMI_PYTHON_CMD": sys.executable,
+        "WISHLIST_ADMIN_PASSWORD": pg_cluster.admin_password,
+        "WISHLIST_MIGRATOR_PASSWORD": passwords["wishlist_migrator"],
+        "WISHLIST_APP_PASSWORD": passwords["wishlist_app"],
+        "WISHLIST_READONLY_PASSWORD": passwords["wishlist_readonly"],
+    }
+    (root / "state").mkdir()
+    s = Stack(workdir, env, admin.with_database(dbname), passwords | {"admin": pg_cluster.admin_password})
+    s.run("stack", "init", "dev")
+    s.run("config", "set", "--path", "wishlist:db.port", str(pg_cluster.port))
+    s.run("config", "set", "--path", "wishlist:db.name", dbname)
+    try:
+        yield s
+    finally:
+        (root / "pulumi-commands.log").write_text("\n".join(s.log))
+        s.run("destroy", "--yes", check=False)
+        with admin.connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+            for role in ROLES:
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_1_preview_lists_the_pending_migration_and_writes_nothing(stack: Stack) -> None:
+    out = stack.run("preview", "--diff").stdout
+    assert "pulumi-python:dynamic/db:SchemaMigration" in out and "wishlist-schema" in out
+    assert '"0007"' in out and "CREATE TABLE wishlist_items" in out
+    assert q(stack.db, "SELECT to_regclass('wishlist_items'), to_regnamespace('migration_ledger')") == [(None, None)]
+    assert q(stack.db, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'wishlist\\_%%' AND rolname <> 'wishlist_admin'") == [(0,)]
+    plugins = subprocess.run(["pulumi", "plugin", "ls"], env=stack.env, text=True, capture_output=True, check=True).stdout
+    assert "aws" not in plugins  # the dev stack never needs the AWS provider plugin, which cannot be built here
+
+
+def test_2_up_creates_roles_grants_and_the_verified_schema(stack: Stack) -> None:
+    stack.run("up", "--yes")
+    cols = q(
+        stack.db,
+        "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns"
+        " WHERE table_name = 'wishlist_items' ORDER BY ordinal_position",
+    )
+    assert cols == EXPECTED_COLUMNS
+    assert {r[0] for r in q(stack.db, "SELECT indexname FROM pg_indexes WHERE tablename = 'wishlist_items'")} == EXPECTED_INDEXES | {
+        "wishlist_items_pkey"
+    }
+    assert enum_labels(stack.db, "wishlist_store") == STORE_LABELS and enum_labels(stack.db, "wishlist_currency") == CURRENCY_LABELS
+    assert q(stack.db, "SELECT tableowner FROM pg_tables WHERE tablename = 'wishlist_items'") == [("wishlist_migrator",)]
+    outputs = stack.outputs()
+    expected = migset.load(REPO / "migrations/app").get("0007").fingerprint
+    assert outputs["schema_version"] == "0007" and outputs["schema_fingerprint"] == expected
+    assert outputs["roles"] == {"migrator": "wishlist_migrator", "app": "wishlist_app", "readonly": "wishlist_readonly"}
+
+    with stack.as_role("wishlist_app").connect() as app:
+        app.execute("INSERT INTO wishlist_items (user_id, title, store) VALUES ('u1', 'Hogwarts Castle', 'LEGO')")
+        app.execute("UPDATE wishlist_items SET priority = 4 WHERE user_id = 'u1'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("CREATE TABLE app_made (id int)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("TRUNCATE wishlist_items")
+    with stack.as_role("wishlist_readonly").connect() as ro:
+        assert ro.execute("SELECT count(*) FROM wishlist_items").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            ro.execute("DELETE FROM wishlist_items")
+
+
+def test_3_second_up_changes_nothing(stack: Stack) -> None:
+    out = stack.run("up", "--yes").stdout
+    assert "unchanged" in out and "updated" not in out and "created" not in out
+    stack.run("preview", "--expect-no-changes")
+
+
+def _add_migration(stack: Stack, admin: ConnectionSettings) -> None:
+    set_dir = stack.workdir / "migrations/app"
+    (set_dir / "0008_wishlist_price_alerts.sql").write_text(
+        "CREATE TABLE wishlist_price_alerts (\n  id uuid PRIMARY KEY DEFAULT gen_random_uuid(),\n"
+        "  item_id uuid NOT NULL REFERENCES wishlist_items(id) ON DELETE CASCADE,\n  target_price numeric(10, 2) NOT NULL\n);\n"
+    )
+    (set_dir / "0008_wishlist_price_alerts.down.sql").write_text("DROP TABLE wishlist_price_alerts;\n")
+    generate(admin, set_dir)
+
+
+def test_4_a_new_migration_shows_in_preview_and_up_applies_it(stack: Stack, admin: ConnectionSettings) -> None:
+    _add_migration(stack, admin)
+    out = stack.run("preview", "--diff").stdout
+    assert "~ pulumi-python:dynamic/db:SchemaMigration" in out or "update" in out
+    assert "0008" in out and "CREATE TABLE wishlist_price_alerts" in out
+    assert q(stack.db, "SELECT to_regclass('wishlist_price_alerts')") == [(None,)]
+    stack.run("up", "--yes")
+    assert stack.outputs()["schema_version"] == "0008"
+    # Default privileges owned by the migrator give the app role DML on the new table with no change to the grants.
+    with stack.as_role("wishlist_app").connect() as app:
+        assert app.execute("SELECT count(*) FROM wishlist_price_alerts").fetchone() == (0,)
+
+
+def test_5_drift_made_by_hand_is_shown_and_up_does_not_pretend(stack: Stack) -> None:
+    with stack.as_role("wishlist_migrator").connect() as conn:
+        conn.execute("DROP INDEX idx_wishlist_user_priority")
+    refresh = stack.run("refresh", "--yes")
+    assert "idx_wishlist_user_priority is missing" in refresh.stdout + refresh.stderr
+    preview = stack.run("preview", "--diff")
+    assert "idx_wishlist_user_priority" in preview.stdout + preview.stderr
+    assert stack.run("preview", "--expect-no-changes", check=False).returncode != 0
+    up = stack.run("up", "--yes", check=False)
+    assert up.returncode != 0 and "idx_wishlist_user_priority is missing" in up.stdout + up.stderr
+    with stack.as_role("wishlist_migrator").connect() as conn:
+        conn.execute("CREATE INDEX idx_wishlist_user_priority ON wishlist_items(user_id, priority)")
+    stack.run("up", "--yes")
+    stack.run("preview", "--expect-no-changes")
+
+
+def test_6_an_edited_applied_file_fails_preview_naming_it(stack: Stack, admin: ConnectionSettings) -> None:
+    path = stack.workdir / "migrations/app/0007_wishlist_items.sql"
+    original = path.read_text()
+    path.write_text(original.replace("'Other'", "'Other', 'Amazon'"))
+    try:
+        out = stack.run("preview", check=False)
+        assert out.returncode != 0 and "0007_wishlist_items.sql" in out.stdout + out.stderr
+        generate(admin, stack.workdir / "migrations/app")  # even with a regenerated journal
+        out = stack.run("preview", check=False)
+        assert out.returncode != 0 and "0007_wishlist_items.sql was edited after it was applied" in out.stdout + out.stderr
+    finally:
+        path.write_text(original)
+        generate(admin, stack.workdir / "migrations/app")
+    stack.run("preview", "--expect-no-changes")
+
+
+def test_7_state_holds_no_password_in_plaintext(stack: Stack) -> None:
+    exported = stack.run("stack", "export").stdout
+    state_files = "".join(p.read_text(errors="replace") for p in (stack.workdir.parent / "state").rglob("*") if p.is_file())
+    for role, password in stack.passwords.items():
+        assert password not in exported, f"{role}'s password is in the exported state"
+        assert password not in state_files, f"{role}'s password is in the backend's files"
+        assert password not in "\n".join(stack.log), f"{role}'s password is in pulumi's output"
+    assert '"password"' in exported and "ciphertext" in exported  # present, but encrypted
+
+
+def test_8_destroy_leaves_no_table_enum_or_role(stack: Stack) -> None:
+    stack.run("destroy", "--yes")
+    assert q(
+        stack.db,
+        "SELECT to_regclass('wishlist_items'), to_regclass('wishlist_price_alerts'), to_regtype('wishlist_store'),"
+        " to_regtype('wishlist_currency'), to_regnamespace('migration_ledger')",
+    ) == [(None, None, None, None, None)]
+    assert q(stack.db, "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(ROLES),)) == []
+    for password in stack.passwords.values():
+        assert password not in "\n".join(stack.log)
