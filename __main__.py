@@ -56,6 +56,7 @@ migration = SchemaMigration(
         allow_rollback=cfg.migrations.allow_rollback,
         lock_timeout_ms=cfg.migrations.lock_timeout_ms,
         statement_timeout_ms=cfg.migrations.statement_timeout_ms,
+        strict_lint=cfg.environment == "prod",
     ),
     opts=pulumi.ResourceOptions(depends_on=access.ready, protect=cfg.protect),
 )

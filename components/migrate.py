@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lock-timeout", type=int, default=60_000, metavar="MS", help="wait at most this long for the migration lock and for table locks"
     )
     p.add_argument("--statement-timeout", type=int, default=0, metavar="MS", help="per-statement limit (0 = none)")
+    p.add_argument("--strict-lint", action="store_true", help="refuse unacknowledged lint findings (what prod does)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
@@ -53,6 +54,7 @@ def _plan_text(plan: Plan) -> str:
     if not plan.steps:
         return f"nothing to do: at version {plan.current or 'none'}"
     lines = [f"current {plan.current or 'none'} -> target {plan.target or 'none'}: {len(plan.steps)} step(s)"]
+    lines += [f"warning: {f.describe()}" for f in plan.findings]
     for step in plan.steps:
         m = step.migration
         body = m.up_sql if step.direction == "up" else (m.down_sql or "")
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         ledger_schema=args.ledger_schema,
         lock_timeout_ms=args.lock_timeout,
         statement_timeout_ms=args.statement_timeout,
+        strict_lint=args.strict_lint,
         progress=progress,
     )
     if args.command == "status":

@@ -34,6 +34,7 @@ INPUT_KEYS = (
     "ledger_schema",
     "lock_timeout_ms",
     "statement_timeout_ms",
+    "strict_lint",
 )
 OUTPUT_KEYS = ("applied_version", "applied", "fingerprint", "drift", "database_identity")
 
@@ -101,6 +102,7 @@ def engine_for(props: dict[str, Any], mset: migset.MigrationSet | None = None) -
         ledger_schema=str(props.get("ledger_schema") or "migration_ledger"),
         lock_timeout_ms=int(props.get("lock_timeout_ms") or 60_000),
         statement_timeout_ms=int(props.get("statement_timeout_ms") or 0),
+        strict_lint=bool(props.get("strict_lint")),
         progress=_log,
     )
 
@@ -165,6 +167,8 @@ class SchemaMigrationProvider(ResourceProvider):
             return DiffResult(changes=inputs_changed or bool(pending))
         except MigrationError as exc:
             raise _fail(exc) from None
+        for finding in plan.findings:
+            _log(f"lint {'refused' if engine.strict_lint and not finding.acknowledged else 'warning'}: {finding.describe()}")
         if plan.steps:
             _log(
                 f"{'pending' if plan.steps[0].direction == 'up' else 'rollback'}: "
@@ -241,6 +245,7 @@ class SchemaMigrationArgs:
     ledger_schema: str = "migration_ledger"
     lock_timeout_ms: int = 60_000
     statement_timeout_ms: int = 0
+    strict_lint: bool = False
     connect_timeout: int = 10
 
 
@@ -278,6 +283,7 @@ class SchemaMigration(Resource, module="db", name="SchemaMigration"):
             "ledger_schema": args.ledger_schema,
             "lock_timeout_ms": args.lock_timeout_ms,
             "statement_timeout_ms": args.statement_timeout_ms,
+            "strict_lint": args.strict_lint,
             **{k: None for k in OUTPUT_KEYS},
         }
         secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["password"])

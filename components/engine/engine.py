@@ -19,6 +19,7 @@ from .errors import (
     ChecksumMismatch,
     DriftDetected,
     IncompleteMigration,
+    LintRefused,
     LockTimeout,
     MigrationError,
     NotWritable,
@@ -30,6 +31,7 @@ from .errors import (
     WrongDatabase,
 )
 from .ledger import APPLIED, DEFAULT_LEDGER_SCHEMA, STARTED, Ledger, LedgerState
+from .lint import Finding, lint
 from .migset import Migration, MigrationSet
 
 if TYPE_CHECKING:
@@ -80,13 +82,23 @@ class Plan:
     target: str | None
     steps: tuple[Step, ...]
     ledger: LedgerState
+    findings: tuple[Finding, ...] = ()
 
     @property
     def pending(self) -> list[str]:
         return [s.migration.version for s in self.steps if s.direction == "up"]
 
+    @property
+    def blocking(self) -> list[Finding]:
+        return [f for f in self.findings if not f.acknowledged]
+
     def as_dict(self) -> dict[str, Any]:
-        return {"current": self.current, "target": self.target, "steps": [s.as_dict() for s in self.steps]}
+        return {
+            "current": self.current,
+            "target": self.target,
+            "steps": [s.as_dict() for s in self.steps],
+            "lint": [{**f.__dict__, "message": f.describe()} for f in self.findings],
+        }
 
 
 @dataclass
@@ -217,6 +229,7 @@ class Engine:
         ledger_schema: str = DEFAULT_LEDGER_SCHEMA,
         lock_timeout_ms: int = 60_000,
         statement_timeout_ms: int = 0,
+        strict_lint: bool = False,
         progress: Progress | None = None,
     ) -> None:
         self.settings = settings
@@ -225,6 +238,7 @@ class Engine:
         self.ledger = Ledger(ledger_schema, mset.name)
         self.lock_timeout_ms = lock_timeout_ms
         self.statement_timeout_ms = statement_timeout_ms
+        self.strict_lint = strict_lint  # prod: unacknowledged lint findings refuse the apply
         self.progress = progress or (lambda _msg: None)
 
     # -- connections and guards
@@ -333,7 +347,34 @@ class Engine:
         resolved = self.mset.resolve_target(target)
         with self.connect() as conn:
             state = self.read_state(conn)
-        return Plan(state.current, resolved, plan_steps(self.mset, state, resolved), state)
+            steps = plan_steps(self.mset, state, resolved)
+            findings = self.lint(conn, steps)
+        return Plan(state.current, resolved, steps, state, findings)
+
+    def lint(self, conn: psycopg.Connection[Any], steps: tuple[Step, ...]) -> tuple[Finding, ...]:
+        """Lint findings of the pending up steps, kept only for tables that hold (or held) rows."""
+        found = [f for s in steps if s.direction == "up" for f in lint(s.migration)]
+        tables = sorted({f.table for f in found if f.table})
+        if not tables:
+            return tuple(found)
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = ANY(%s) AND pg_catalog.pg_relation_size(c.oid) > 0",
+            (self.mset.schema, tables),
+        ).fetchall()
+        with_rows = {r[0] for r in rows}
+        return tuple(f for f in found if f.table is None or f.table in with_rows)
+
+    def _refuse_lint(self, findings: tuple[Finding, ...]) -> None:
+        blocking = [f for f in findings if not f.acknowledged]
+        if self.strict_lint and blocking:
+            raise LintRefused(
+                "pending migrations hold statements that lock or rewrite tables with rows: "
+                + "; ".join(f.describe() for f in blocking)
+                + ".",
+                "rewrite them (e.g. CREATE INDEX CONCURRENTLY in a `-- migrate:no-transaction` file, ADD COLUMN with a DEFAULT), "
+                "or, after review, add `-- migrate:allow <rule>` at the top of the file.",
+            )
 
     def verify(self) -> VerifyReport:
         """The live catalog against the snapshot of the latest applied version."""
@@ -376,7 +417,12 @@ class Engine:
                 if self.stack is not None and state.owner is None:
                     self.ledger.claim(conn, self.stack, state.system_identifier, state.database)
                 result = RunResult(state.current)
-                for step in plan_steps(self.mset, state, resolved):
+                steps = plan_steps(self.mset, state, resolved)
+                findings = self.lint(conn, steps)
+                self._refuse_lint(findings)
+                for f in findings:
+                    self.progress(f"lint: {f.describe()}")
+                for step in steps:
                     result.ran.append(self._run_step(conn, step, state))
                     result.current = step.migration.version
                 final = cat.introspect(conn, self.mset.schema)

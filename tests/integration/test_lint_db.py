@@ -1,0 +1,64 @@
+"""Lint against a real database: only tables with rows count; prod refuses unless acknowledged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.engine import migset
+from components.engine.connection import ConnectionSettings
+from components.engine.engine import Engine
+from components.engine.errors import LintRefused
+from components.engine.snapshot import generate
+from tests.integration.test_wish2007 import ledger_rows
+
+
+def _setup(db: ConnectionSettings, admin: ConnectionSettings, set_copy: Path, sql: str, rows: bool) -> None:
+    Engine(db, migset.load(set_copy)).apply()
+    if rows:
+        with db.connect() as conn:
+            conn.execute("INSERT INTO wishlist_items (user_id, title, store) VALUES ('u', 't', 'LEGO')")
+    (set_copy / "0008_index_title.sql").write_text(sql)
+    generate(admin, set_copy)
+
+
+def test_plain_index_on_a_table_with_rows_is_refused_in_strict_mode(
+    fresh_db: ConnectionSettings, admin: ConnectionSettings, set_copy: Path
+) -> None:
+    _setup(fresh_db, admin, set_copy, "CREATE INDEX idx_title ON wishlist_items (title);\n", rows=True)
+    plan = Engine(fresh_db, migset.load(set_copy)).plan()
+    assert [f.rule for f in plan.findings] == ["index-without-concurrently"]
+    with pytest.raises(LintRefused, match="index-without-concurrently"):
+        Engine(fresh_db, migset.load(set_copy), strict_lint=True).apply()
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007"]
+    # Outside prod it is a warning, and the apply goes ahead.
+    assert [r["version"] for r in Engine(fresh_db, migset.load(set_copy)).apply().ran] == ["0008"]
+
+
+def test_acknowledged_finding_is_applied_in_strict_mode(fresh_db: ConnectionSettings, admin: ConnectionSettings, set_copy: Path) -> None:
+    _setup(
+        fresh_db,
+        admin,
+        set_copy,
+        "-- migrate:allow index-without-concurrently\nCREATE INDEX idx_title ON wishlist_items (title);\n",
+        rows=True,
+    )
+    assert [r["version"] for r in Engine(fresh_db, migset.load(set_copy), strict_lint=True).apply().ran] == ["0008"]
+
+
+def test_empty_table_is_not_flagged(fresh_db: ConnectionSettings, admin: ConnectionSettings, set_copy: Path) -> None:
+    _setup(fresh_db, admin, set_copy, "CREATE INDEX idx_title ON wishlist_items (title);\n", rows=False)
+    assert Engine(fresh_db, migset.load(set_copy)).plan().findings == ()
+    assert [r["version"] for r in Engine(fresh_db, migset.load(set_copy), strict_lint=True).apply().ran] == ["0008"]
+
+
+def test_concurrent_index_in_a_non_transactional_file(fresh_db: ConnectionSettings, admin: ConnectionSettings, set_copy: Path) -> None:
+    _setup(
+        fresh_db, admin, set_copy, "-- migrate:no-transaction\nCREATE INDEX CONCURRENTLY idx_title ON wishlist_items (title);\n", rows=True
+    )
+    engine = Engine(fresh_db, migset.load(set_copy), strict_lint=True)
+    assert engine.plan().findings == ()
+    assert [r["version"] for r in engine.apply().ran] == ["0008"]
+    assert engine.verify().ok
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008"]
