@@ -39,6 +39,14 @@ access = DatabaseAccess(
     opts=pg_opts,
 )
 
+# Promotion gate: only versions the required stack (prod: staging) already applied, with the same checksum.
+gate_stack = cfg.migrations.require_applied_in
+gate_applied = (
+    pulumi.StackReference(f"{pulumi.get_organization() or 'organization'}/{cfg.project}/{gate_stack}").get_output("applied_migrations")
+    if gate_stack
+    else None
+)
+
 migration = SchemaMigration(
     "wishlist-schema",
     SchemaMigrationArgs(
@@ -57,6 +65,8 @@ migration = SchemaMigration(
         lock_timeout_ms=cfg.migrations.lock_timeout_ms,
         statement_timeout_ms=cfg.migrations.statement_timeout_ms,
         strict_lint=cfg.environment == "prod",
+        gate_stack=gate_stack,
+        gate_applied=gate_applied,
     ),
     opts=pulumi.ResourceOptions(depends_on=access.ready, protect=cfg.protect),
 )

@@ -20,13 +20,16 @@ from .engine.ledger import LedgerState
 from .engine.snapshot import generate
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERS = 0, 1, 2, 3
-COMMANDS = ("check", "plan", "status", "apply", "verify", "rollback", "drift", "snapshot", "resolve")
+COMMANDS = ("check", "plan", "status", "apply", "verify", "rollback", "drift", "snapshot", "resolve", "adopt")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m components.migrate", description="Apply, verify and roll back a PostgreSQL migration set.")
     p.add_argument("command", choices=COMMANDS)
-    p.add_argument("version", nargs="?", help="for `resolve`: the interrupted version")
+    p.add_argument("version", nargs="?", help="for `resolve`: the interrupted version; for `adopt`: the version the database matches")
+    p.add_argument(
+        "--drizzle-dir", type=Path, default=None, help="for `adopt`: the drizzle-kit migrations folder whose hashes the database recorded"
+    )
     p.add_argument("--dsn", default=None, help="libpq DSN or URL; unset parts come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE")
     p.add_argument("--set", dest="set_dir", default="migrations/app", help="migration set directory (default: migrations/app)")
     p.add_argument(
@@ -151,6 +154,16 @@ def run(args: argparse.Namespace) -> int:
             else f"nothing to roll back: at version {result.current or 'none'}"
         )
         _emit(args, result.as_dict(), text)
+        return EXIT_OK
+    if args.command == "adopt":
+        if not args.version:
+            raise MigrationError("adopt needs the VERSION whose snapshot the database matches.", "e.g. `adopt 0007`.")
+        result = engine.adopt(args.version, args.drizzle_dir)
+        _emit(
+            args,
+            result.as_dict(),
+            f"adopted {', '.join(r['version'] for r in result.ran)} without running them; verified ({result.fingerprint})",
+        )
         return EXIT_OK
     if args.command == "resolve":
         if not args.version:

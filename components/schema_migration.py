@@ -17,7 +17,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 from .engine import migset
 from .engine.catalog import Difference
 from .engine.connection import ConnectionSettings
-from .engine.engine import Engine, RunResult
+from .engine.engine import Engine, Gate, RunResult
 from .engine.errors import ChecksumMismatch, ConnectFailed, MigrationError
 
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN, kept literal to avoid importing rpc
@@ -35,6 +35,7 @@ INPUT_KEYS = (
     "lock_timeout_ms",
     "statement_timeout_ms",
     "strict_lint",
+    "gate",
 )
 OUTPUT_KEYS = ("applied_version", "applied", "fingerprint", "drift", "database_identity")
 
@@ -103,8 +104,17 @@ def engine_for(props: dict[str, Any], mset: migset.MigrationSet | None = None) -
         lock_timeout_ms=int(props.get("lock_timeout_ms") or 60_000),
         statement_timeout_ms=int(props.get("statement_timeout_ms") or 0),
         strict_lint=bool(props.get("strict_lint")),
+        gate=gate_from(props.get("gate")),
         progress=_log,
     )
+
+
+def gate_from(raw: Any) -> Gate | None:
+    """The promotion gate input: {"stack": name, "applied": [{version, checksum}, ...] or None}."""
+    if not raw:
+        return None
+    applied = raw.get("applied") or []
+    return Gate(str(raw["stack"]), {str(a["version"]): str(a["checksum"]) for a in applied if isinstance(a, dict)})
 
 
 def _outputs(props: dict[str, Any], result: RunResult, drift: list[Difference] | None = None) -> dict[str, Any]:
@@ -167,6 +177,9 @@ class SchemaMigrationProvider(ResourceProvider):
             return DiffResult(changes=inputs_changed or bool(pending))
         except MigrationError as exc:
             raise _fail(exc) from None
+        if engine.gate is not None and plan.steps:
+            cleared, blocked = engine.gate.split(plan.steps)
+            _log(f"promotion gate ({engine.gate.stack}): cleared {', '.join(cleared) or 'none'}; blocked {', '.join(blocked) or 'none'}")
         for finding in plan.findings:
             _log(f"lint {'refused' if engine.strict_lint and not finding.acknowledged else 'warning'}: {finding.describe()}")
         if plan.steps:
@@ -246,6 +259,8 @@ class SchemaMigrationArgs:
     lock_timeout_ms: int = 60_000
     statement_timeout_ms: int = 0
     strict_lint: bool = False
+    gate_stack: str | None = None
+    gate_applied: pulumi.Input[Any] | None = None  # the gate stack's applied_migrations output
     connect_timeout: int = 10
 
 
@@ -284,6 +299,7 @@ class SchemaMigration(Resource, module="db", name="SchemaMigration"):
             "lock_timeout_ms": args.lock_timeout_ms,
             "statement_timeout_ms": args.statement_timeout_ms,
             "strict_lint": args.strict_lint,
+            "gate": None if args.gate_stack is None else {"stack": args.gate_stack, "applied": args.gate_applied},
             **{k: None for k in OUTPUT_KEYS},
         }
         secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["password"])

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
@@ -25,6 +26,7 @@ from .errors import (
     NotWritable,
     OutOfOrder,
     PermissionMissing,
+    PromotionBlocked,
     SetError,
     StatementFailed,
     VerifyFailed,
@@ -133,6 +135,32 @@ class VerifyReport:
         }
 
 
+@dataclass(frozen=True)
+class Gate:
+    """The versions (with checksums) another stack has applied; only those may be applied here."""
+
+    stack: str
+    applied: dict[str, str]
+
+    def split(self, steps: tuple[Step, ...]) -> tuple[list[str], list[str]]:
+        cleared: list[str] = []
+        blocked: list[str] = []
+        for s in steps:
+            if s.direction != "up":
+                continue
+            ok = self.applied.get(s.migration.version) == s.migration.checksum
+            (cleared if ok else blocked).append(s.migration.label)
+        return cleared, blocked
+
+    def enforce(self, steps: tuple[Step, ...]) -> None:
+        _, blocked = self.split(steps)
+        if blocked:
+            raise PromotionBlocked(
+                f"{', '.join(blocked)} not yet applied (with the same checksum) in stack {self.stack!r}, which this stack requires first.",
+                f"run `pulumi up --stack {self.stack}` first, then preview this stack again.",
+            )
+
+
 # ---- pure checks ------------------------------------------------------------------------------
 
 
@@ -230,6 +258,7 @@ class Engine:
         lock_timeout_ms: int = 60_000,
         statement_timeout_ms: int = 0,
         strict_lint: bool = False,
+        gate: Gate | None = None,
         progress: Progress | None = None,
     ) -> None:
         self.settings = settings
@@ -239,6 +268,7 @@ class Engine:
         self.lock_timeout_ms = lock_timeout_ms
         self.statement_timeout_ms = statement_timeout_ms
         self.strict_lint = strict_lint  # prod: unacknowledged lint findings refuse the apply
+        self.gate = gate  # promotion gate: versions must be applied in another stack first
         self.progress = progress or (lambda _msg: None)
 
     # -- connections and guards
@@ -420,6 +450,8 @@ class Engine:
                 steps = plan_steps(self.mset, state, resolved)
                 findings = self.lint(conn, steps)
                 self._refuse_lint(findings)
+                if self.gate is not None:
+                    self.gate.enforce(steps)
                 for f in findings:
                     self.progress(f"lint: {f.describe()}")
                 for step in steps:
@@ -450,6 +482,54 @@ class Engine:
                     self.ledger.release(conn)
                 result.fingerprint = cat.fingerprint(cat.introspect(conn, self.mset.schema))
                 result.ledger = self.ledger.read(conn)
+                return result
+
+    def adopt(self, version: str, drizzle_dir: Path | None = None) -> RunResult:
+        """Record versions up to `version` as applied without running them, if the live schema is exactly their snapshot."""
+        from .adopt import check_drizzle
+
+        resolved = self.mset.resolve_target(version)
+        if resolved is None:
+            raise MigrationError("adopt needs a version to adopt (e.g. 0007).", "name the version whose snapshot the database matches.")
+        with self.connect() as conn:
+            state = self.read_state(conn)
+            if state.rows:
+                raise MigrationError(
+                    f"{state.database} already has applied versions ({', '.join(r.version for r in state.rows)}): nothing to adopt.",
+                    "use `apply`; adopt is for a database that has the schema but no ledger.",
+                )
+            problems: list[str] = []
+            if drizzle_dir is not None:
+                problems += check_drizzle(conn, drizzle_dir).problems
+            live = cat.introspect(conn, self.mset.schema)
+            problems += [d.describe() for d in cat.compare(self.mset.expected_catalog(resolved), live)]
+            if problems:
+                raise VerifyFailed(
+                    f"{state.database} cannot be adopted at {resolved}; nothing was recorded: " + "; ".join(problems) + ".",
+                    "make the database match (or pick the version it matches), then adopt again.",
+                )
+            self.preflight(conn)
+            with self.locked(conn):
+                self.ledger.ensure(conn)
+                state = self.read_state(conn)
+                result = RunResult(None)
+                with conn.transaction():
+                    if self.stack is not None and state.owner is None:
+                        self.ledger.claim(conn, self.stack, state.system_identifier, state.database)
+                    for m in self.mset.up_to(resolved):
+                        self.ledger.record(
+                            conn,
+                            version=m.version,
+                            name=m.name,
+                            checksum=m.checksum,
+                            applied_by=f"{self.settings.user} ({whoami()}, adopted)",
+                            duration_ms=0,
+                            stack=self.stack,
+                            database_identity=state.identity,
+                            fingerprint=cat.fingerprint(live),
+                        )
+                        result.ran.append({"version": m.version, "name": m.name, "direction": "adopt", "duration_ms": 0})
+                result.current, result.fingerprint, result.ledger = resolved, cat.fingerprint(live), self.ledger.read(conn)
                 return result
 
     def resolve(self, version: str) -> None:

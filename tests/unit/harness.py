@@ -19,6 +19,7 @@ from tests.conftest import REPO
 
 SIG_KEY, SECRET_SIG = "4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270"
 MASTER_PASSWORD = "mock-master-password-7f3a"
+GATE_APPLIED = [{"version": "0007", "checksum": "from-staging"}]
 DEV_PASSWORDS = {
     "WISHLIST_ADMIN_PASSWORD": "dev-admin-pw-1111",
     "WISHLIST_MIGRATOR_PASSWORD": "dev-migrator-pw-2222",
@@ -52,6 +53,8 @@ class Mocks(pulumi.runtime.Mocks):
             state |= {"arn": f"arn:aws:kms:us-east-1:123456789012:key/{name}", "keyId": name}
         elif args.typ == "aws:iam/role:Role":
             state |= {"arn": f"arn:aws:iam::123456789012:role/{name}"}
+        elif args.typ == "pulumi:pulumi:StackReference":
+            state = {"name": args.inputs.get("name"), "outputs": {"applied_migrations": GATE_APPLIED}}
         elif args.typ.startswith("aws:rds/") and "name" not in state:
             state["name"] = name
         return f"{name}-id", state
@@ -110,6 +113,25 @@ class RecordingMonitor(mocks.MockMonitor):
                     parent=request.parent,
                 )
             )
+        return response
+
+    def ReadResource(self, request: Any) -> Any:
+        response = super().ReadResource(request)
+        self.registrations.append(
+            Registration(
+                urn=response.urn,
+                type=request.type,
+                name=request.name,
+                inputs={"name": request.id, **self.resources[response.urn].state},
+                protect=False,
+                retain_on_delete=False,
+                dependencies=list(request.dependencies),
+                provider=request.provider,
+                additional_secret_outputs=[],
+                secret_inputs=set(),
+                parent=request.parent,
+            )
+        )
         return response
 
 

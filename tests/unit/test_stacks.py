@@ -223,3 +223,14 @@ def test_bad_config_fails_naming_the_key(stack: str, path: str, value: Any, key:
 def test_dev_without_passwords_says_where_to_put_them() -> None:
     with pytest.raises(ConfigError, match=r"wishlist:adminPassword is missing \(and \$WISHLIST_ADMIN_PASSWORD is not set\)"):
         run_program("dev", environ={})
+
+
+def test_prod_is_gated_on_staging_and_lints_strictly(programs: dict[str, Program]) -> None:
+    prod = programs["prod"].one("pulumi-python:dynamic/db:SchemaMigration").inputs
+    assert prod["gate"] == {"stack": "staging", "applied": [{"version": "0007", "checksum": "from-staging"}]}
+    assert prod["strict_lint"] is True
+    ref = programs["prod"].one("pulumi:pulumi:StackReference")
+    assert ref.inputs["name"] == "organization/wishlist-infra/staging"
+    for stack in ("dev", "staging"):
+        inputs = programs[stack].one("pulumi-python:dynamic/db:SchemaMigration").inputs
+        assert inputs.get("gate") is None and inputs["strict_lint"] is False
