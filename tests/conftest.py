@@ -63,3 +63,16 @@ def set_copy(tmp_path: Path) -> Path:
     target = tmp_path / "app"
     shutil.copytree(APP_SET, target)
     return target
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the reliability tally (faults injected and survived, bad inputs tried) when any was recorded."""
+    from tests.integration import reliability
+
+    lines = reliability.summary_lines()
+    if lines:
+        terminalreporter.section("reliability")
+        for line in lines:
+            terminalreporter.write_line(line)
+        path = reliability.save()
+        terminalreporter.write_line(f"saved to {path}")

@@ -349,7 +349,10 @@ class Engine:
         import psycopg
 
         key = advisory_key(self.mset.name)
-        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_ms}ms")))
+        # If this process dies mid-statement, the server notices within a second and rolls back (PostgreSQL 14+).
+        conn.execute(
+            sql.SQL("SET lock_timeout = {}; SET client_connection_check_interval = '1s'").format(sql.Literal(f"{self.lock_timeout_ms}ms"))
+        )
         try:
             conn.execute("SELECT pg_catalog.pg_advisory_lock(%s)", (key,))
         except psycopg.errors.LockNotAvailable:
