@@ -176,6 +176,33 @@ def init_cluster(root: Path, port: int, admin_password: str, dbname: str = "wish
     return cluster
 
 
+def base_backup(primary: Cluster, replica: Cluster) -> None:
+    """Make `replica` a streaming hot standby of `primary` (pg_basebackup -R)."""
+    replica.root.mkdir(parents=True, exist_ok=True)
+    if RUN_AS:
+        shutil.chown(replica.root, RUN_AS, RUN_AS)
+    _prepare_dir(replica.socket_dir)
+    _run(
+        [
+            str(pg_bindir() / "pg_basebackup"),
+            "-D",
+            str(replica.data),
+            "-h",
+            str(primary.socket_dir),
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+            "-c",
+            "fast",
+        ]
+    )
+
+
 def wait_ready(port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -289,24 +289,24 @@ class Engine:
 
     def preflight(self, conn: psycopg.Connection[Any]) -> None:
         """Before any write: the session can write, and the role has the privileges a migration needs."""
+        # Schemas and the ledger table are found by name in the catalogs and checked by OID, so that names with
+        # quotes or dots are never parsed as SQL identifiers.
         row = conn.execute(
-            "SELECT current_user, pg_catalog.pg_is_in_recovery(),"
+            "WITH s AS (SELECT (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s) AS target,"
+            "                  (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(ledger)s) AS ledger),"
+            " t AS (SELECT (SELECT c.oid FROM pg_catalog.pg_class c, s WHERE c.relnamespace = s.ledger AND c.relname = 'applied') AS tbl)"
+            " SELECT current_user, pg_catalog.pg_is_in_recovery(),"
             " current_setting('transaction_read_only'), current_setting('default_transaction_read_only'),"
-            " to_regnamespace(%(schema)s) IS NOT NULL,"
-            " CASE WHEN to_regnamespace(%(schema)s) IS NULL THEN false"
-            "      ELSE has_schema_privilege(%(schema)s, 'CREATE') AND has_schema_privilege(%(schema)s, 'USAGE') END,"
-            " to_regnamespace(%(ledger)s) IS NOT NULL,"
-            " CASE WHEN to_regnamespace(%(ledger)s) IS NULL THEN has_database_privilege(current_database(), 'CREATE')"
-            "      ELSE has_schema_privilege(%(ledger)s, 'USAGE') END,"
-            " CASE WHEN to_regclass(%(ledger_table)s) IS NULL THEN"
-            "        to_regnamespace(%(ledger)s) IS NULL OR has_schema_privilege(%(ledger)s, 'CREATE')"
-            "      ELSE has_table_privilege(%(ledger_table)s, 'SELECT, INSERT, UPDATE, DELETE') END,"
-            " current_database()",
-            {
-                "schema": self.mset.schema,
-                "ledger": self.ledger.schema,
-                "ledger_table": sql.SQL("{}.{}").format(sql.Identifier(self.ledger.schema), sql.Identifier("applied")).as_string(conn),
-            },
+            " s.target IS NOT NULL,"
+            " s.target IS NOT NULL AND has_schema_privilege(s.target, 'CREATE') AND has_schema_privilege(s.target, 'USAGE'),"
+            " s.ledger IS NOT NULL,"
+            " CASE WHEN s.ledger IS NULL THEN has_database_privilege(current_database(), 'CREATE')"
+            "      ELSE has_schema_privilege(s.ledger, 'USAGE') END,"
+            " CASE WHEN t.tbl IS NULL THEN s.ledger IS NULL OR has_schema_privilege(s.ledger, 'CREATE')"
+            "      ELSE has_table_privilege(t.tbl, 'SELECT, INSERT, UPDATE, DELETE') END,"
+            " current_database()"
+            " FROM s, t",
+            {"schema": self.mset.schema, "ledger": self.ledger.schema},
         ).fetchone()
         assert row is not None
         user, standby, tx_ro, default_ro, has_schema, schema_ok, ledger_exists, ledger_ok, table_ok, db = row

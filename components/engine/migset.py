@@ -173,6 +173,25 @@ def _require(cond: bool, path: Path, what: str, set_dir: Path) -> None:
         raise SetError(f"journal {path} is malformed: {what}.", "restore it from git, or " + SNAPSHOT_HINT.format(set_dir=set_dir))
 
 
+def _check_order(entries: list[Any], journal_path: Path, directory: Path) -> None:
+    """Entries are objects with a numeric version and an up checksum, each version once, ascending."""
+    previous = -1
+    for idx, entry in enumerate(entries):
+        _require(isinstance(entry, dict), journal_path, f"entry {idx} is not an object", directory)
+        version = entry.get("version")
+        _require(isinstance(version, str) and version.isdigit(), journal_path, f"entry {idx} has no numeric 'version'", directory)
+        up = entry.get("up")
+        _require(isinstance(up, dict) and isinstance(up.get("sha256"), str), journal_path, f"entry {version} has no up.sha256", directory)
+        if int(version) == previous:
+            raise SetError(f"journal {journal_path} lists version {version} twice.", SNAPSHOT_HINT.format(set_dir=directory))
+        if int(version) < previous:
+            raise SetError(
+                f"journal {journal_path} lists version {version} after a higher version: versions must ascend.",
+                SNAPSHOT_HINT.format(set_dir=directory),
+            )
+        previous = int(version)
+
+
 def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationSet:
     """Load and check a set: every file must match the journal, every journal entry must have its file."""
     directory = Path(directory)
@@ -187,26 +206,10 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
     _require(isinstance(schema, str) and bool(schema), journal_path, "'schema' is missing", directory)
     files = {f.version: f for f in scan(directory)}
 
+    _check_order(entries, journal_path, directory)
     migrations: list[Migration] = []
-    previous = -1
-    for idx, entry in enumerate(entries):
-        _require(isinstance(entry, dict), journal_path, f"entry {idx} is not an object", directory)
-        version = entry.get("version")
-        _require(isinstance(version, str) and version.isdigit(), journal_path, f"entry {idx} has no numeric 'version'", directory)
-        _require(
-            isinstance(entry.get("up"), dict) and isinstance(entry["up"].get("sha256"), str),
-            journal_path,
-            f"entry {version} has no up.sha256",
-            directory,
-        )
-        if int(version) == previous:
-            raise SetError(f"journal {journal_path} lists version {version} twice.", SNAPSHOT_HINT.format(set_dir=directory))
-        if int(version) < previous:
-            raise SetError(
-                f"journal {journal_path} lists version {version} after a higher version: versions must ascend.",
-                SNAPSHOT_HINT.format(set_dir=directory),
-            )
-        previous = int(version)
+    for entry in entries:
+        version = entry["version"]
         scanned = files.pop(version, None)
         if scanned is None:
             raise SetError(
