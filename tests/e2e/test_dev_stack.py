@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,42 +18,31 @@ from components.engine import migset
 from components.engine.connection import ConnectionSettings
 from components.engine.snapshot import generate
 from devtools import localpg
+from devtools.pulumi_project import ROLES, Project, dev_project
 from tests.conftest import REPO
 from tests.integration.test_wish2007 import CURRENCY_LABELS, EXPECTED_COLUMNS, EXPECTED_INDEXES, STORE_LABELS, enum_labels, q
-
-PROJECT_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml", "__main__.py", "components", "migrations")
-ROLES = ("wishlist_migrator", "wishlist_app", "wishlist_readonly")
-
-
-def pulumi_bin() -> Path:
-    versions = dict(
-        line.split("=", 1) for line in (REPO / "versions.env").read_text().splitlines() if "=" in line and not line.startswith("#")
-    )
-    cache = Path(os.environ.get("WISHLIST_CACHE", Path.home() / ".cache/wishlist-infra"))
-    return cache / f"pulumi-{versions['PULUMI_VERSION']}" / "bin"
 
 
 @dataclass
 class Stack:
-    workdir: Path
-    env: dict[str, str]
+    project: Project
     db: ConnectionSettings
     passwords: dict[str, str]
-    log: list[str] = field(default_factory=list)
 
-    def run(self, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            ["pulumi", *args, "--stack", "dev", "--non-interactive", "--color", "never"],
-            cwd=self.workdir,
-            env=self.env,
-            text=True,
-            capture_output=True,
-            timeout=timeout,
-        )
-        self.log.append(f"$ pulumi {' '.join(args)}\n{proc.stdout}\n{proc.stderr}")
-        if check and proc.returncode != 0:
-            raise AssertionError(f"pulumi {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        return proc
+    @property
+    def workdir(self) -> Path:
+        return self.project.workdir
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.project.env
+
+    @property
+    def log(self) -> list[str]:
+        return self.project.log
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.project.run(*args, check=check)
 
     def outputs(self) -> dict[str, Any]:
         return dict(json.loads(self.run("stack", "output", "--json").stdout))
@@ -67,37 +53,13 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(pg_cluster: localpg.Cluster, admin: ConnectionSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    bin_dir = pulumi_bin()
-    assert (bin_dir / "pulumi").exists(), f"{bin_dir}/pulumi is missing: run scripts/setup.sh (make setup) first"
     root = tmp_path_factory.mktemp("e2e")
-    workdir = root / "project"
-    workdir.mkdir()
-    for name in PROJECT_FILES:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / name)
     dbname = f"e2e_{secrets.token_hex(4)}"
     with admin.connect() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     passwords = {role: secrets.token_hex(16) for role in ROLES}
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "WISHLIST_"))},
-        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "PULUMI_HOME": str(Path(os.environ.get("PULUMI_HOME", bin_dir.parent.parent / "pulumi-home"))),
-        "PULUMI_BACKEND_URL": f"file://{root / 'state'}",
-        "PULUMI_CONFIG_PASSPHRASE": secrets.token_hex(8),
-        "PULUMI_SKIP_UPDATE_CHECK": "true",
-        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-        "PULUMI_PYTHON_CMD": sys.executable,
-        "WISHLIST_ADMIN_PASSWORD": pg_cluster.admin_password,
-        "WISHLIST_MIGRATOR_PASSWORD": passwords["wishlist_migrator"],
-        "WISHLIST_APP_PASSWORD": passwords["wishlist_app"],
-        "WISHLIST_READONLY_PASSWORD": passwords["wishlist_readonly"],
-    }
-    (root / "state").mkdir()
-    s = Stack(workdir, env, admin.with_database(dbname), passwords | {"admin": pg_cluster.admin_password})
-    s.run("stack", "init", "dev")
-    s.run("config", "set", "--path", "wishlist:db.port", str(pg_cluster.port))
-    s.run("config", "set", "--path", "wishlist:db.name", dbname)
+    project = dev_project(root, port=pg_cluster.port, dbname=dbname, admin_password=pg_cluster.admin_password, role_passwords=passwords)
+    s = Stack(project, admin.with_database(dbname), passwords | {"admin": pg_cluster.admin_password})
     try:
         yield s
     finally:

@@ -192,9 +192,9 @@ def test_identifiers_with_quotes_and_sql_are_quoted_not_executed(fresh_db: Conne
         conn.execute("CREATE SCHEMA canary_s; CREATE TABLE canary_s.canary (id int)")
     engine = Engine(fresh_db, migset.load(set_copy), ledger_schema=nasty, stack="o'brien\"; DROP TABLE canary_s.canary; --")
     engine.apply()
-    assert q(fresh_db, "SELECT to_regclass('canary_s.canary') IS NOT NULL, (SELECT count(*) FROM pg_namespace WHERE nspname = %s)", (nasty,)) == [
-        (True, 1)
-    ]
+    assert q(
+        fresh_db, "SELECT to_regclass('canary_s.canary') IS NOT NULL, (SELECT count(*) FROM pg_namespace WHERE nspname = %s)", (nasty,)
+    ) == [(True, 1)]
     with fresh_db.connect() as conn:
         owner = conn.execute(sql.SQL("SELECT stack FROM {}.owner").format(sql.Identifier(nasty))).fetchone()
     assert owner == ("o'brien\"; DROP TABLE canary_s.canary; --",)

@@ -1,0 +1,359 @@
+"""Benchmarks against floors measured in the same run on the same local PostgreSQL: `python -m bench` (make bench).
+
+Every figure is a median over repeated runs, with min and max, next to its floor and the ratio. Results go to
+stdout and to bench/results/latest.md. Nothing here is a test: no timing is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from components.engine import catalog as cat
+from components.engine import migset
+from components.engine.connection import ConnectionSettings
+from components.engine.engine import Engine
+from components.engine.snapshot import generate
+from devtools import localpg
+
+REPO = Path(__file__).resolve().parent.parent
+APP_SET = REPO / "migrations" / "app"
+OUT: list[str] = []
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+    OUT.append(line)
+
+
+def timed(fn: Callable[[], Any], repeat: int, setup: Callable[[], Any] | None = None) -> list[float]:
+    samples = []
+    for _ in range(repeat):
+        if setup:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+def fmt(samples: list[float]) -> str:
+    return f"{statistics.median(samples):8.1f} ms (min {min(samples):.1f}, max {max(samples):.1f})"
+
+
+def row(name: str, samples: list[float], floor: list[float] | None = None, extra: str = "") -> None:
+    ratio = f"{statistics.median(samples) / statistics.median(floor):6.2f}x" if floor else "      "
+    say(f"| {name:<58} | {fmt(samples)} | {ratio} | {extra} |")
+
+
+@contextmanager
+def counting_round_trips() -> Iterator[list[int]]:
+    """Counts statements sent by psycopg (each execute is one round trip) in this process."""
+    counter = [0]
+    original = psycopg.Cursor.execute
+
+    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        counter[0] += 1
+        return original(self, *args, **kwargs)
+
+    psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+    try:
+        yield counter
+    finally:
+        psycopg.Cursor.execute = original  # type: ignore[method-assign]
+
+
+class Bench:
+    def __init__(self, repeat: int) -> None:
+        self.repeat = repeat
+        self.root = Path(tempfile.mkdtemp(prefix="wishlist-bench-pg-"))
+        self.cluster = localpg.init_cluster(self.root, localpg.free_port(), secrets.token_hex(12))
+        self.admin = ConnectionSettings(
+            port=self.cluster.port, dbname="wishlist", user=localpg.ADMIN_USER, password=self.cluster.admin_password, sslmode="disable"
+        )
+        self.psql = str(localpg.pg_bindir() / "psql")
+        self.env = {**os.environ, "PGPASSWORD": self.cluster.admin_password}
+
+    def close(self) -> None:
+        self.cluster.destroy()
+
+    def new_db(self) -> ConnectionSettings:
+        name = f"b_{secrets.token_hex(4)}"
+        with self.admin.connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.admin.with_database(name)
+
+    def dsn(self, db: ConnectionSettings) -> str:
+        return f"host=127.0.0.1 port={db.port} dbname={db.dbname} user={db.user} sslmode=disable"
+
+    def run_psql(self, db: ConnectionSettings, *args: str) -> None:
+        subprocess.run(
+            [self.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.dsn(db), *args], env=self.env, check=True, stdout=subprocess.DEVNULL
+        )
+
+    def cli(self, db: ConnectionSettings, *args: str) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "components.migrate", *args, "--quiet", "--dsn", self.dsn(db)],
+            cwd=REPO,
+            env=self.env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    # 1
+    def apply(self) -> None:
+        say("\n## 1. Apply the wishlist migration to a fresh database\n")
+        say("| what | median (min, max) | ratio to floor | notes |\n|---|---|---|---|")
+        mset = migset.load(APP_SET)
+        dbs: list[ConnectionSettings] = []
+
+        def fresh() -> None:
+            dbs.append(self.new_db())
+
+        floor = timed(lambda: self.run_psql(dbs[-1], "-1", "-f", str(APP_SET / "0007_wishlist_items.sql")), self.repeat, fresh)
+        row("floor: psql -1 -f 0007_wishlist_items.sql (process)", floor)
+        engine = timed(lambda: Engine(dbs[-1], mset).apply(), self.repeat, fresh)
+        cli = timed(lambda: self.cli(dbs[-1], "apply"), self.repeat, fresh)
+        with counting_round_trips() as trips:
+            fresh()
+            Engine(dbs[-1], mset).apply()
+        # Where the time goes: one introspection, and the same apply without any verification.
+        fresh()
+        Engine(dbs[-1], mset).apply()
+        with dbs[-1].connect(search_path="public") as conn:
+            intro = timed(lambda: cat.introspect(conn, "public"), self.repeat * 3)
+        row("engine.apply() in-process (connect, ledger, lock, verify x2)", engine, floor, f"{trips[0]} round trips")
+        row("python -m components.migrate apply (process)", cli, floor, "includes Python + psycopg start-up")
+        row("  of which: one catalog introspection", intro, None, "run twice per apply: pre-check, verify")
+        py = timed(lambda: subprocess.run([sys.executable, "-c", "import psycopg"], check=True), self.repeat)
+        row("  of which: python -c 'import psycopg' (process start)", py)
+
+    # 2 and 3
+    def idle(self) -> None:
+        say("\n## 2-3. Nothing to do, and verify, on an up-to-date database\n")
+        say("| what | median (min, max) | ratio to floor | notes |\n|---|---|---|---|")
+        from components.schema_migration import SchemaMigrationProvider
+
+        db = self.new_db()
+        mset = migset.load(APP_SET)
+        Engine(db, mset).apply()
+        floor_in = timed(lambda: _connect_select(db), self.repeat * 3)
+        row("floor: psycopg connect + SELECT 1 (in-process)", floor_in)
+        for name, fn in (
+            ("engine.status()", lambda: Engine(db, mset).status()),
+            ("engine.plan()", lambda: Engine(db, mset).plan()),
+            ("engine.verify()", lambda: Engine(db, mset).verify()),
+        ):
+            with counting_round_trips() as trips:
+                fn()
+            row(name, timed(fn, self.repeat * 3), floor_in, f"{trips[0]} round trip(s) after connect")
+        props = _props(db, mset)
+        provider = SchemaMigrationProvider()
+        outs = provider.create(props).outs
+        for name, fn in (
+            ("provider.diff() (preview)", lambda: provider.diff("x", outs, props)),
+            ("provider.read() (refresh)", lambda: provider.read("x", outs)),
+        ):
+            with counting_round_trips() as trips:
+                fn()
+            row(name, timed(fn, self.repeat * 3), floor_in, f"{trips[0]} round trips, 2 connections")
+        floor_p = timed(lambda: self.run_psql(db, "-c", "SELECT version, checksum FROM migration_ledger.applied"), self.repeat)
+        row("floor: psql -c 'SELECT ... FROM migration_ledger.applied' (process)", floor_p)
+        row("python -m components.migrate status (process)", timed(lambda: self.cli(db, "status"), self.repeat), floor_p)
+        row("python -m components.migrate plan (process)", timed(lambda: self.cli(db, "plan"), self.repeat), floor_p)
+        row("python -m components.migrate verify (process)", timed(lambda: self.cli(db, "verify"), self.repeat), floor_p)
+
+    # 4
+    def growth(self, sizes: list[int]) -> None:
+        say("\n## 4. Growth: sets of N small synthetic migrations\n")
+        say("| what | median (min, max) | ratio to floor | notes |\n|---|---|---|---|")
+        for n in sizes:
+            set_dir = Path(tempfile.mkdtemp(prefix=f"bench-set-{n}-")) / "app"
+            set_dir.mkdir()
+            for i in range(1, n + 1):
+                (set_dir / f"{i:04d}_t{i}.sql").write_text(
+                    f"CREATE TABLE t{i} (id int PRIMARY KEY, v text);\nCREATE INDEX t{i}_v ON t{i} (v);\n"
+                )
+            t0 = time.perf_counter()
+            generate(self.admin, set_dir)
+            snap_ms = (time.perf_counter() - t0) * 1000
+            mset = migset.load(set_dir)
+            whole = set_dir.parent / "all.sql"
+            whole.write_text("".join(f"BEGIN;\n{(set_dir / f'{i:04d}_t{i}.sql').read_text()}COMMIT;\n" for i in range(1, n + 1)))
+            reps = max(1, self.repeat // (1 if n <= 100 else 3))
+            dbs: list[ConnectionSettings] = []
+            fresh = lambda: dbs.append(self.new_db())  # noqa: E731
+            floor = timed(lambda: self.run_psql(dbs[-1], "-f", str(whole)), reps, fresh)
+            apply = timed(lambda: Engine(dbs[-1], mset).apply(), reps, fresh)
+            row(f"N={n}: floor psql -f (one transaction per file)", floor)
+            row(f"N={n}: engine.apply() (lock, verify after each)", apply, floor, f"per migration {statistics.median(apply) / n:.1f} ms")
+            plan = timed(lambda: Engine(dbs[-1], mset).plan(), self.repeat)
+            row(f"N={n}: engine.plan() up to date (incl. loading {n} files)", plan, None, f"snapshot generation took {snap_ms:.0f} ms")
+            shutil.rmtree(set_dir.parent, ignore_errors=True)
+
+    # 5
+    def latency(self, rows: int) -> None:
+        say(f"\n## 5. User-scoped queries on {rows:,} rows over ~1,000 users (after ANALYZE)\n")
+        say("| query | p50 | p95 | plan |\n|---|---|---|---|")
+        db = self.new_db()
+        Engine(db, migset.load(APP_SET)).apply()
+        with db.connect() as conn:
+            conn.execute(
+                "INSERT INTO wishlist_items (user_id, title, store, priority, sort_order)"
+                " SELECT 'user-' || (i % 1000), 'set ' || i, (ARRAY['LEGO','Barweer','Cata','BrickLink','Other'])[1 + i % 5]::wishlist_store,"
+                " i % 6, i FROM generate_series(1, %s) AS i",
+                (rows,),
+            )
+            conn.execute("ANALYZE wishlist_items")
+            queries = {
+                "by sort order, LIMIT 20": "SELECT * FROM wishlist_items WHERE user_id = %s ORDER BY sort_order LIMIT 20",
+                "by store": "SELECT * FROM wishlist_items WHERE user_id = %s AND store = 'LEGO'",
+                "by priority": "SELECT * FROM wishlist_items WHERE user_id = %s AND priority = 3",
+                "by store and priority": "SELECT * FROM wishlist_items WHERE user_id = %s AND store = 'Cata' AND priority = 2",
+            }
+            for name, query in queries.items():
+                samples = []
+                for i in range(200):
+                    t0 = time.perf_counter()
+                    conn.execute(query, (f"user-{i * 7 % 1000}",)).fetchall()
+                    samples.append((time.perf_counter() - t0) * 1000)
+                samples.sort()
+                plan = conn.execute("EXPLAIN (FORMAT JSON) " + query, ("user-7",)).fetchone()[0][0]["Plan"]  # type: ignore[index]
+                say(f"| {name} | {samples[len(samples) // 2]:.2f} ms | {samples[int(len(samples) * 0.95)]:.2f} ms | {_plan_brief(plan)} |")
+
+    # 6
+    def locks(self, rows: int) -> None:
+        say(f"\n## 6. Building an index on {rows:,} rows while a writer inserts: longest blocked write\n")
+        say("| how | build time | longest write | writes during build |\n|---|---|---|---|")
+        for concurrently in (False, True):
+            db = self.new_db()
+            Engine(db, migset.load(APP_SET)).apply()
+            with db.connect() as conn:
+                conn.execute(
+                    "INSERT INTO wishlist_items (user_id, title, store) SELECT 'user-' || (i % 1000), 'set ' || i, 'LEGO'"
+                    " FROM generate_series(1, %s) i",
+                    (rows,),
+                )
+            stop = threading.Event()
+            worst: list[float] = []
+
+            def writer(db: ConnectionSettings = db) -> None:
+                with db.connect() as w:
+                    while not stop.is_set():
+                        t0 = time.perf_counter()
+                        w.execute("INSERT INTO wishlist_items (user_id, title, store) VALUES ('w', 'x', 'LEGO')")
+                        worst.append((time.perf_counter() - t0) * 1000)
+                        time.sleep(0.01)
+
+            thread = threading.Thread(target=writer)
+            thread.start()
+            time.sleep(0.3)
+            worst.clear()
+            with db.connect() as conn:
+                t0 = time.perf_counter()
+                conn.execute(f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}idx_bench_title ON wishlist_items (title)")
+                build = (time.perf_counter() - t0) * 1000
+            stop.set()
+            thread.join()
+            how = "CREATE INDEX CONCURRENTLY (-- migrate:no-transaction)" if concurrently else "CREATE INDEX (in a transaction)"
+            say(f"| {how} | {build:.0f} ms | {max(worst):.0f} ms | {len(worst)} |")
+
+    # 7
+    def end_to_end(self) -> None:
+        say("\n## 7. End to end: pulumi preview / up with nothing to do on the dev stack\n")
+        from bench.e2e import run_e2e
+
+        for line in run_e2e(self, self.repeat):
+            say(line)
+
+
+def _connect_select(db: ConnectionSettings) -> None:
+    with db.connect() as conn:
+        conn.execute("SELECT 1").fetchone()
+
+
+def _props(db: ConnectionSettings, mset: migset.MigrationSet) -> dict[str, Any]:
+    return {
+        "host": db.host,
+        "port": db.port,
+        "database": db.dbname,
+        "user": db.user,
+        "password": db.password,
+        "sslmode": "disable",
+        "set_dir": str(mset.directory),
+        "migrations": mset.manifest(),
+        "target_version": mset.latest,
+        "stack": "bench/dev",
+        "expected_fingerprint": mset.get(mset.latest).fingerprint if mset.latest else None,
+    }
+
+
+def _plan_brief(plan: dict[str, Any]) -> str:
+    nodes = []
+
+    def walk(p: dict[str, Any]) -> None:
+        nodes.append(p["Node Type"] + (f" {p['Index Name']}" if p.get("Index Name") else ""))
+        for c in p.get("Plans", []):
+            walk(c)
+
+    walk(plan)
+    return " → ".join(nodes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes (a smoke run)")
+    parser.add_argument("--only", default="1,2,4,5,6,7", help="comma-separated sections")
+    args = parser.parse_args()
+    repeat = 3 if args.quick else args.repeat
+    only = set(args.only.split(","))
+    bench = Bench(repeat)
+    try:
+        server = bench.cluster.superuser_psql("SHOW server_version").strip()
+        say("# wishlist-infra benchmarks\n")
+        say(
+            f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, PostgreSQL {server} "
+            f"(local, fsync off), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; repeat {repeat}."
+        )
+        if "1" in only:
+            bench.apply()
+        if "2" in only:
+            bench.idle()
+        if "4" in only:
+            bench.growth([10, 100] if args.quick else [10, 100, 1000])
+        if "5" in only:
+            bench.latency(100_000)
+            if not args.quick:
+                bench.latency(1_000_000)
+        if "6" in only:
+            bench.locks(200_000 if args.quick else 1_000_000)
+        if "7" in only:
+            bench.end_to_end()
+    finally:
+        bench.close()
+    out = REPO / "bench" / "results" / "latest.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(OUT) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

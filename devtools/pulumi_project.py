@@ -1,0 +1,96 @@
+"""A throwaway copy of the project with its own file backend, for the e2e tests and the end-to-end benchmark."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PROJECT_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml", "__main__.py", "components", "migrations")
+ROLES = ("wishlist_migrator", "wishlist_app", "wishlist_readonly")
+
+
+def versions() -> dict[str, str]:
+    lines = (REPO / "versions.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("WISHLIST_CACHE", Path.home() / ".cache/wishlist-infra"))
+
+
+def pulumi_bin() -> Path:
+    return cache_dir() / f"pulumi-{versions()['PULUMI_VERSION'].split()[0]}" / "bin"
+
+
+@dataclass
+class Project:
+    """`pulumi` commands in a project directory, with an isolated backend and environment."""
+
+    workdir: Path
+    env: dict[str, str]
+    stack: str = "dev"
+    log: list[str] = field(default_factory=list)
+
+    def run(self, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["pulumi", *args, "--stack", self.stack, "--non-interactive", "--color", "never"],
+            cwd=self.workdir,
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        self.log.append(f"$ pulumi {' '.join(args)}\n{proc.stdout}\n{proc.stderr}")
+        if check and proc.returncode != 0:
+            raise AssertionError(f"pulumi {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+
+def pulumi_env(root: Path, extra: dict[str, str]) -> dict[str, str]:
+    bin_dir = pulumi_bin()
+    if not (bin_dir / "pulumi").exists():
+        raise FileNotFoundError(f"{bin_dir}/pulumi is missing: run scripts/setup.sh (make setup) first")
+    (root / "state").mkdir(parents=True, exist_ok=True)
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "WISHLIST_"))},
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PULUMI_HOME": str(cache_dir() / "pulumi-home"),
+        "PULUMI_BACKEND_URL": f"file://{root / 'state'}",
+        "PULUMI_CONFIG_PASSPHRASE": secrets.token_hex(8),
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        "PULUMI_PYTHON_CMD": sys.executable,
+        **extra,
+    }
+
+
+def dev_project(root: Path, *, port: int, dbname: str, admin_password: str, role_passwords: dict[str, str]) -> Project:
+    """A copy of the project whose dev stack targets 127.0.0.1:`port`/`dbname`, stack initialised."""
+    workdir = root / "project"
+    workdir.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, workdir / name)
+    env = pulumi_env(
+        root,
+        {
+            "WISHLIST_ADMIN_PASSWORD": admin_password,
+            "WISHLIST_MIGRATOR_PASSWORD": role_passwords["wishlist_migrator"],
+            "WISHLIST_APP_PASSWORD": role_passwords["wishlist_app"],
+            "WISHLIST_READONLY_PASSWORD": role_passwords["wishlist_readonly"],
+        },
+    )
+    project = Project(workdir, env)
+    project.run("stack", "init", "dev")
+    project.run("config", "set", "--path", "wishlist:db.port", str(port))
+    project.run("config", "set", "--path", "wishlist:db.name", dbname)
+    return project
