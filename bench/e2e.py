@@ -43,7 +43,7 @@ def run_e2e(bench: Any, repeat: int) -> Iterator[str]:
         (empty_dir / "Pulumi.yaml").write_text("name: empty\nruntime:\n  name: python\n")
         (empty_dir / "__main__.py").write_text("import pulumi  # noqa: F401\n")
         empty = Project(empty_dir, pulumi_env(root / "empty", {}))
-        empty.run("stack", "init", "dev")
+        empty.run("stack", "init")
         empty.run("up", "--yes")
         yield "| what | median (min, max) | ratio to floor |\n|---|---|---|"
         for verb in (("preview",), ("up", "--yes")):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pulumi
 import pulumi_postgresql as postgresql
@@ -11,6 +12,24 @@ import pulumi_postgresql as postgresql
 MIGRATOR, APP, READONLY = "wishlist_migrator", "wishlist_app", "wishlist_readonly"
 APP_TABLE_PRIVILEGES = ["DELETE", "INSERT", "SELECT", "UPDATE"]  # sorted: the provider stores them sorted
 READONLY_TABLE_PRIVILEGES = ["SELECT"]
+
+
+R = TypeVar("R", bound=pulumi.Resource)
+
+
+class Serial:
+    """PostgreSQL fails concurrent GRANTs on one object ("tuple concurrently updated"): chain them one after another."""
+
+    def __init__(self, parent: pulumi.Resource) -> None:
+        self.parent = parent
+        self.last: pulumi.Resource | None = None
+
+    def opts(self) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self.parent, depends_on=[self.last] if self.last else None)
+
+    def add(self, resource: R) -> R:
+        self.last = resource
+        return resource
 
 
 @dataclass(frozen=True)
@@ -52,61 +71,74 @@ class DatabaseAccess(pulumi.ComponentResource):
                     postgresql.GrantRole(f"{name}-{key}-rds-iam", role=self.roles[key].name, grant_role="rds_iam", opts=child)
                 )
 
+        serial = Serial(self)
         migrator = self.roles["migrator"].name
         self.schema_grants = [
-            postgresql.Grant(
-                f"{name}-migrator-schema",
-                database=args.database,
-                schema=args.schema,
-                role=migrator,
-                object_type="schema",
-                privileges=["CREATE", "USAGE"],
-                opts=child,
+            serial.add(
+                postgresql.Grant(
+                    f"{name}-migrator-schema",
+                    database=args.database,
+                    schema=args.schema,
+                    role=migrator,
+                    object_type="schema",
+                    privileges=["CREATE", "USAGE"],
+                    opts=serial.opts(),
+                )
             ),
-            postgresql.Grant(
-                f"{name}-app-schema",
-                database=args.database,
-                schema=args.schema,
-                role=self.roles["app"].name,
-                object_type="schema",
-                privileges=["USAGE"],
-                opts=child,
+            serial.add(
+                postgresql.Grant(
+                    f"{name}-app-schema",
+                    database=args.database,
+                    schema=args.schema,
+                    role=self.roles["app"].name,
+                    object_type="schema",
+                    privileges=["USAGE"],
+                    opts=serial.opts(),
+                )
             ),
-            postgresql.Grant(
-                f"{name}-readonly-schema",
-                database=args.database,
-                schema=args.schema,
-                role=self.roles["readonly"].name,
-                object_type="schema",
-                privileges=["USAGE"],
-                opts=child,
+            serial.add(
+                postgresql.Grant(
+                    f"{name}-readonly-schema",
+                    database=args.database,
+                    schema=args.schema,
+                    role=self.roles["readonly"].name,
+                    object_type="schema",
+                    privileges=["USAGE"],
+                    opts=serial.opts(),
+                )
             ),
         ]
         # The migrator owns the ledger, so it needs no CREATE on the database.
-        self.ledger_schema = postgresql.Schema(
-            f"{name}-ledger", name=args.ledger_schema, database=args.database, owner=migrator, drop_cascade=True, opts=child
+        self.ledger_schema = serial.add(
+            postgresql.Schema(
+                f"{name}-ledger", name=args.ledger_schema, database=args.database, owner=migrator, drop_cascade=True, opts=serial.opts()
+            )
         )
         # Tables that later migrations create (as the migrator) get the same grants without another change here.
         self.default_privileges = [
-            postgresql.DefaultPrivileges(
-                f"{name}-app-defaults",
-                database=args.database,
-                schema=args.schema,
-                owner=migrator,
-                role=self.roles["app"].name,
-                object_type="table",
-                privileges=APP_TABLE_PRIVILEGES,
-                opts=child,
+            serial.add(
+                postgresql.DefaultPrivileges(
+                    f"{name}-app-defaults",
+                    database=args.database,
+                    schema=args.schema,
+                    owner=migrator,
+                    role=self.roles["app"].name,
+                    object_type="table",
+                    privileges=APP_TABLE_PRIVILEGES,
+                    opts=serial.opts(),
+                )
             ),
-            postgresql.DefaultPrivileges(
-                f"{name}-readonly-defaults",
-                database=args.database,
-                schema=args.schema,
-                owner=migrator,
-                role=self.roles["readonly"].name,
-                object_type="table",
-                privileges=READONLY_TABLE_PRIVILEGES,
-                opts=child,
+            serial.add(
+                postgresql.DefaultPrivileges(
+                    f"{name}-readonly-defaults",
+                    database=args.database,
+                    schema=args.schema,
+                    owner=migrator,
+                    role=self.roles["readonly"].name,
+                    object_type="table",
+                    privileges=READONLY_TABLE_PRIVILEGES,
+                    opts=serial.opts(),
+                )
             ),
         ]
         self.migrator_name: pulumi.Output[str] = migrator
@@ -131,28 +163,32 @@ class TableGrants(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: TableGrantsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("wishlist:db:TableGrants", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         # One Grant per (role, schema, object type): two would fight over the same privileges.
+        serial = Serial(self)
         self.grants = [
-            postgresql.Grant(
-                f"{name}-app-tables",
-                database=args.database,
-                schema=args.schema,
-                role=args.roles["app"],
-                object_type="table",
-                objects=list(args.tables),
-                privileges=APP_TABLE_PRIVILEGES,
-                opts=child,
+            serial.add(
+                postgresql.Grant(
+                    f"{name}-app-tables",
+                    database=args.database,
+                    schema=args.schema,
+                    role=args.roles["app"],
+                    object_type="table",
+                    objects=list(args.tables),
+                    privileges=APP_TABLE_PRIVILEGES,
+                    opts=serial.opts(),
+                )
             ),
-            postgresql.Grant(
-                f"{name}-readonly-tables",
-                database=args.database,
-                schema=args.schema,
-                role=args.roles["readonly"],
-                object_type="table",
-                objects=list(args.tables),
-                privileges=READONLY_TABLE_PRIVILEGES,
-                opts=child,
+            serial.add(
+                postgresql.Grant(
+                    f"{name}-readonly-tables",
+                    database=args.database,
+                    schema=args.schema,
+                    role=args.roles["readonly"],
+                    object_type="table",
+                    objects=list(args.tables),
+                    privileges=READONLY_TABLE_PRIVILEGES,
+                    opts=serial.opts(),
+                )
             ),
         ]
         self.register_outputs({})

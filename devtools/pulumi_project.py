@@ -93,7 +93,7 @@ def dev_project(root: Path, *, port: int, dbname: str, admin_password: str, role
         },
     )
     project = Project(workdir, env)
-    project.run("stack", "init", "dev")
+    project.run("stack", "init")
     project.run("config", "set", "--path", "wishlist:db.port", str(port))
     project.run("config", "set", "--path", "wishlist:db.name", dbname)
     return project

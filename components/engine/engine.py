@@ -275,9 +275,20 @@ class Engine:
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for one operation; a database error nobody named becomes a MigrationError, password masked."""
+        import psycopg
+
         conn = self.settings.connect(autocommit=True, search_path=self.mset.schema)
         try:
             yield conn
+        except psycopg.Error as exc:
+            message = (exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc).strip()) or type(exc).__name__
+            if self.settings.password:
+                message = message.replace(self.settings.password, "***")
+            raise MigrationError(
+                f"{self.settings.describe()}: {message} [SQLSTATE {exc.sqlstate or '?'}]; nothing of a failed migration was committed.",
+                _STATE_FIXES.get(exc.sqlstate or "", "check `python -m components.migrate status`, fix the cause, and run again."),
+            ) from None
         finally:
             conn.close()
 

@@ -110,7 +110,9 @@ class Ledger:
 
     def ensure(self, conn: psycopg.Connection[Any]) -> None:
         """Create the ledger schema and tables if missing (idempotent)."""
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._s))
+        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists (e.g. made by Pulumi).
+        if conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (self.schema,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(self._s))
         conn.execute(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {applied} ("

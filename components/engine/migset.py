@@ -118,7 +118,7 @@ class MigrationSet:
                 "checksum": m.checksum,
                 "down_checksum": m.down_checksum,
                 "transactional": m.transactional,
-                "sql": m.up_sql,
+                "sql": m.up_sql.splitlines(),  # one line per element: the CLI shows every line in a diff
             }
             for m in self.migrations
         ]

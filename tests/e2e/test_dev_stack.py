@@ -84,7 +84,7 @@ def test_1_preview_lists_the_pending_migration_and_writes_nothing(stack: Stack) 
 def test_2_up_creates_roles_grants_and_the_verified_schema(stack: Stack) -> None:
     stack.run("up", "--yes")
     cols = q(
-        stack.db,
+        stack.as_role("wishlist_migrator"),  # information_schema shows only what the user may access; the migrator owns it
         "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns"
         " WHERE table_name = 'wishlist_items' ORDER BY ordinal_position",
     )
