@@ -15,17 +15,20 @@ PROJECT_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml", "__main__.py", "components", 
 ROLES = ("wishlist_migrator", "wishlist_app", "wishlist_readonly")
 
 
-def versions() -> dict[str, str]:
-    lines = (REPO / "versions.env").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
-
-
 def cache_dir() -> Path:
     return Path(os.environ.get("WISHLIST_CACHE", Path.home() / ".cache/wishlist-infra"))
 
 
+def pulumi_version() -> str:
+    """The CLI is built at the version of the `pulumi` package pinned in requirements.lock."""
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if line.startswith("pulumi=="):
+            return line.split("==", 1)[1].strip()
+    raise RuntimeError("requirements.lock pins no pulumi version")
+
+
 def pulumi_bin() -> Path:
-    return cache_dir() / f"pulumi-{versions()['PULUMI_VERSION'].split()[0]}" / "bin"
+    return cache_dir() / f"pulumi-{pulumi_version()}" / "bin"
 
 
 @dataclass
