@@ -16,7 +16,7 @@ db-down:          ## stop it (data is kept outside the repo)
 	@$(ENV) python -m devtools.localpg down
 
 up: db-up         ## pulumi up on the dev stack: roles, grants and the applied, verified migration
-	@$(ENV) pulumi stack select --create $(STACK) --non-interactive && pulumi up --stack $(STACK) --yes --skip-preview=false
+	@$(ENV) pulumi stack select --create $(STACK) --non-interactive && pulumi up --stack $(STACK) --yes
 
 preview: db-up    ## what pulumi up would do on the dev stack (pending migrations, drift)
 	@$(ENV) pulumi preview --stack $(STACK) --diff

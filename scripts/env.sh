@@ -4,7 +4,10 @@ _wl_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
 . "$_wl_root/scripts/common.sh"
 export PATH="$PULUMI_BIN:$VENV/bin:$PATH"
 export PULUMI_HOME="$WISHLIST_CACHE/pulumi-home"
-export PULUMI_BACKEND_URL="${PULUMI_BACKEND_URL:-file://$WISHLIST_CACHE/state}"
+if [ -z "${PULUMI_BACKEND_URL:-}" ]; then
+  mkdir -p "$WISHLIST_CACHE/state"
+  export PULUMI_BACKEND_URL="file://$WISHLIST_CACHE/state"
+fi
 export PULUMI_SKIP_UPDATE_CHECK=true
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
 export PULUMI_PYTHON_CMD="$VENV/bin/python"
