@@ -85,7 +85,9 @@ def dev_project(root: Path, *, port: int, dbname: str, admin_password: str, role
             shutil.copy(src, workdir / name)
     # The committed salt belongs to the dev passphrase of scripts/env.sh; this copy gets its own passphrase.
     stack_file = workdir / "Pulumi.dev.yaml"
-    stack_file.write_text("".join(line for line in stack_file.read_text().splitlines(keepends=True) if not line.startswith("encryptionsalt:")))
+    stack_file.write_text(
+        "".join(line for line in stack_file.read_text().splitlines(keepends=True) if not line.startswith("encryptionsalt:"))
+    )
     env = pulumi_env(
         root,
         {
