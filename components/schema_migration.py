@@ -155,6 +155,17 @@ class SchemaMigrationProvider(ResourceProvider):
                 failures.append(CheckFailure(key, f"{key} is required"))
         if news.get("auth") not in (None, "password", "iam"):
             failures.append(CheckFailure("auth", "auth must be 'password' or 'iam'"))
+        gate = None if _has_unknowns({"gate": news.get("gate")}) else gate_from(news.get("gate"))
+        if gate is not None and not failures:
+            # Judged from inputs alone (check never connects): which versions up to the target the gate stack has.
+            target = str(news.get("target_version") or "0")
+            wanted = [m for m in news.get("migrations") or [] if int(m["version"]) <= int(target)]
+            cleared = [f"{m['version']}_{m['name']}" for m in wanted if gate.applied.get(m["version"]) == m["checksum"]]
+            blocked = [f"{m['version']}_{m['name']}" for m in wanted if gate.applied.get(m["version"]) != m["checksum"]]
+            _log(
+                f"promotion gate ({gate.stack}): applied there and cleared {', '.join(cleared) or 'none'}; "
+                f"not yet applied there {', '.join(blocked) or 'none'}"
+            )
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
