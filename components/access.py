@@ -12,6 +12,7 @@ import pulumi_postgresql as postgresql
 MIGRATOR, APP, READONLY = "wishlist_migrator", "wishlist_app", "wishlist_readonly"
 APP_TABLE_PRIVILEGES = ["DELETE", "INSERT", "SELECT", "UPDATE"]  # sorted: the provider stores them sorted
 READONLY_TABLE_PRIVILEGES = ["SELECT"]
+TABLE_PRIVILEGES = {"app": APP_TABLE_PRIVILEGES, "readonly": READONLY_TABLE_PRIVILEGES}
 
 
 R = TypeVar("R", bound=pulumi.Resource)
@@ -73,40 +74,20 @@ class DatabaseAccess(pulumi.ComponentResource):
 
         serial = Serial(self)
         migrator = self.roles["migrator"].name
+        schema_privileges = {"migrator": ["CREATE", "USAGE"], "app": ["USAGE"], "readonly": ["USAGE"]}
         self.schema_grants = [
             serial.add(
                 postgresql.Grant(
-                    f"{name}-migrator-schema",
+                    f"{name}-{key}-schema",
                     database=args.database,
                     schema=args.schema,
-                    role=migrator,
+                    role=self.roles[key].name,
                     object_type="schema",
-                    privileges=["CREATE", "USAGE"],
+                    privileges=privileges,
                     opts=serial.opts(),
                 )
-            ),
-            serial.add(
-                postgresql.Grant(
-                    f"{name}-app-schema",
-                    database=args.database,
-                    schema=args.schema,
-                    role=self.roles["app"].name,
-                    object_type="schema",
-                    privileges=["USAGE"],
-                    opts=serial.opts(),
-                )
-            ),
-            serial.add(
-                postgresql.Grant(
-                    f"{name}-readonly-schema",
-                    database=args.database,
-                    schema=args.schema,
-                    role=self.roles["readonly"].name,
-                    object_type="schema",
-                    privileges=["USAGE"],
-                    opts=serial.opts(),
-                )
-            ),
+            )
+            for key, privileges in schema_privileges.items()
         ]
         # The migrator owns the ledger, so it needs no CREATE on the database.
         self.ledger_schema = serial.add(
@@ -118,28 +99,17 @@ class DatabaseAccess(pulumi.ComponentResource):
         self.default_privileges = [
             serial.add(
                 postgresql.DefaultPrivileges(
-                    f"{name}-app-defaults",
+                    f"{name}-{key}-defaults",
                     database=args.database,
                     schema=args.schema,
                     owner=migrator,
-                    role=self.roles["app"].name,
+                    role=self.roles[key].name,
                     object_type="table",
-                    privileges=APP_TABLE_PRIVILEGES,
+                    privileges=privileges,
                     opts=serial.opts(),
                 )
-            ),
-            serial.add(
-                postgresql.DefaultPrivileges(
-                    f"{name}-readonly-defaults",
-                    database=args.database,
-                    schema=args.schema,
-                    owner=migrator,
-                    role=self.roles["readonly"].name,
-                    object_type="table",
-                    privileges=READONLY_TABLE_PRIVILEGES,
-                    opts=serial.opts(),
-                )
-            ),
+            )
+            for key, privileges in TABLE_PRIVILEGES.items()
         ]
         self.migrator_name: pulumi.Output[str] = migrator
         self.register_outputs({"roles": {k: r.name for k, r in self.roles.items()}})
@@ -168,27 +138,16 @@ class TableGrants(pulumi.ComponentResource):
         self.grants = [
             serial.add(
                 postgresql.Grant(
-                    f"{name}-app-tables",
+                    f"{name}-{key}-tables",
                     database=args.database,
                     schema=args.schema,
-                    role=args.roles["app"],
+                    role=args.roles[key],
                     object_type="table",
                     objects=list(args.tables),
-                    privileges=APP_TABLE_PRIVILEGES,
+                    privileges=privileges,
                     opts=serial.opts(),
                 )
-            ),
-            serial.add(
-                postgresql.Grant(
-                    f"{name}-readonly-tables",
-                    database=args.database,
-                    schema=args.schema,
-                    role=args.roles["readonly"],
-                    object_type="table",
-                    objects=list(args.tables),
-                    privileges=READONLY_TABLE_PRIVILEGES,
-                    opts=serial.opts(),
-                )
-            ),
+            )
+            for key, privileges in TABLE_PRIVILEGES.items()
         ]
         self.register_outputs({})

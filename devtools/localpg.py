@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +176,19 @@ def init_cluster(root: Path, port: int, admin_password: str, dbname: str = "wish
     if not cluster.superuser_psql(f"SELECT 1 FROM pg_database WHERE datname = '{dbname}'").strip():
         cluster.superuser_psql(f"CREATE DATABASE {dbname} OWNER {ADMIN_USER}")
     return cluster
+
+
+@contextmanager
+def temp_cluster(prefix: str = "wishlist-pg-") -> Iterator[Cluster]:
+    """A throwaway cluster on a free loopback port, destroyed afterwards."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    cluster = init_cluster(root, free_port(), secrets.token_hex(12))
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
 
 
 def base_backup(primary: Cluster, replica: Cluster) -> None:

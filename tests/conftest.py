@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,13 +19,8 @@ APP_SET = REPO / "migrations" / "app"
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[localpg.Cluster]:
     """A real PostgreSQL on 127.0.0.1, admin role like an RDS master user (CREATEROLE CREATEDB, no superuser)."""
-    root = Path(tempfile.mkdtemp(prefix="wishlist-test-pg-"))
-    cluster = localpg.init_cluster(root, localpg.free_port(), secrets.token_hex(12))
-    try:
+    with localpg.temp_cluster("wishlist-test-pg-") as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

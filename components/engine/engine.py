@@ -586,7 +586,7 @@ class Engine:
         if m.transactional or step.direction == "down":
             try:
                 with conn.transaction():
-                    self._set_local_timeouts(conn)
+                    self._set_timeouts(conn, local=True)
                     self._execute(conn, statements, label)
                     live = cat.introspect(conn, self.mset.schema)
                     self._verify_or_raise(label, expected_version, expected, live)
@@ -597,7 +597,7 @@ class Engine:
                 raise self._wrap_failure(exc, label) from None
         else:
             self._record(conn, step, state, started, None, status=STARTED)
-            self._set_session_timeouts(conn)
+            self._set_timeouts(conn, local=False)
             self._execute(conn, statements, label)
             live = cat.introspect(conn, self.mset.schema)
             self._verify_or_raise(label, expected_version, expected, live)
@@ -626,16 +626,11 @@ class Engine:
             status=status,
         )
 
-    def _set_local_timeouts(self, conn: psycopg.Connection[Any]) -> None:
+    def _set_timeouts(self, conn: psycopg.Connection[Any], *, local: bool) -> None:
+        """lock_timeout and statement_timeout for this transaction (local) or this session."""
         conn.execute(
-            "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-            (f"{self.lock_timeout_ms}ms", f"{self.statement_timeout_ms}ms"),
-        )
-
-    def _set_session_timeouts(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute(
-            "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
-            (f"{self.lock_timeout_ms}ms", f"{self.statement_timeout_ms}ms"),
+            "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
+            (f"{self.lock_timeout_ms}ms", local, f"{self.statement_timeout_ms}ms", local),
         )
 
     def _execute(self, conn: psycopg.Connection[Any], statements: list[Any], label: str) -> None:

@@ -82,7 +82,7 @@ def test_lock_held_elsewhere_times_out_clearly(fresh_db: ConnectionSettings) -> 
     assert q(fresh_db, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
 
 
-def _cli(db: ConnectionSettings, *args: str, set_dir: Path = APP_SET) -> subprocess.Popen[str]:
+def cli_process(db: ConnectionSettings, *args: str, set_dir: Path = APP_SET) -> subprocess.Popen[str]:
     env = {**os.environ, "PGPASSWORD": db.password or ""}
     dsn = f"host={db.host} port={db.port} dbname={db.dbname} user={db.user} sslmode=disable"
     return subprocess.Popen(
@@ -99,7 +99,7 @@ def test_two_concurrent_appliers_one_applies_the_other_finds_nothing(fresh_db: C
     # Hold the lock so that both processes are surely waiting at once, then let them go.
     with fresh_db.connect() as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (advisory_key("app"),))
-        procs = [_cli(fresh_db, "apply", "--quiet") for _ in range(2)]
+        procs = [cli_process(fresh_db, "apply", "--quiet") for _ in range(2)]
         with fresh_db.connect() as watcher:
             for _ in range(200):
                 waiting = watcher.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()
@@ -224,7 +224,7 @@ def test_wrong_password_error_masks_the_password(fresh_db: ConnectionSettings) -
 
 def test_cli_round_trip_and_exit_codes(fresh_db: ConnectionSettings) -> None:
     def run(*args: str) -> tuple[int, str, str]:
-        proc = _cli(fresh_db, *args)
+        proc = cli_process(fresh_db, *args)
         out, err = proc.communicate(timeout=60)
         return proc.returncode, out, err
 

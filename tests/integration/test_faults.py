@@ -10,9 +10,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,8 +24,9 @@ from components.engine.engine import Engine
 from components.engine.errors import IncompleteMigration, MigrationError, StatementFailed
 from components.engine.snapshot import generate
 from devtools import localpg
-from tests.conftest import APP_SET, REPO
+from tests.conftest import APP_SET
 from tests.integration.reliability import record
+from tests.integration.test_engine_safety import cli_process
 from tests.integration.test_wish2007 import ledger_rows, q
 
 SOAK = os.environ.get("WISHLIST_SOAK") == "1"
@@ -112,24 +110,7 @@ def test_applier_killed_with_sigkill(admin: ConnectionSettings, slow_set: Path, 
     mset = migset.load(slow_set)
     for _ in range(REPEAT):
         db = _fresh(admin, mset)
-        env = {**os.environ, "PGPASSWORD": db.password or ""}
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "components.migrate",
-                "apply",
-                "--quiet",
-                "--set",
-                str(slow_set),
-                "--dsn",
-                f"host={db.host} port={db.port} dbname={db.dbname} user={db.user} sslmode=disable",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = cli_process(db, "apply", "--quiet", set_dir=slow_set)
         pid = _wait_for(db, f"SELECT pg_sleep(0.80{point})")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -143,12 +124,8 @@ def test_applier_killed_with_sigkill(admin: ConnectionSettings, slow_set: Path, 
 
 @pytest.fixture
 def own_cluster() -> Iterator[localpg.Cluster]:
-    root = Path(tempfile.mkdtemp(prefix="wishlist-restart-pg-"))
-    cluster = localpg.init_cluster(root, localpg.free_port(), secrets.token_hex(12))
-    try:
+    with localpg.temp_cluster("wishlist-restart-pg-") as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 def test_server_restarted_during_apply(own_cluster: localpg.Cluster, slow_set: Path) -> None:
@@ -229,31 +206,8 @@ def test_eight_concurrent_applier_processes(admin: ConnectionSettings, slow_set:
     mset = migset.load(slow_set)
     for run in range(REPEAT):
         db = _fresh(admin, mset)
-        env = {**os.environ, "PGPASSWORD": db.password or ""}
         timeout = "500" if run % 2 else "30000"  # odd runs: most appliers give up with a clear lock-timeout error
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "components.migrate",
-                    "apply",
-                    "--quiet",
-                    "--lock-timeout",
-                    timeout,
-                    "--set",
-                    str(slow_set),
-                    "--dsn",
-                    f"host={db.host} port={db.port} dbname={db.dbname} user={db.user} sslmode=disable",
-                ],
-                cwd=REPO,
-                env=env,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            for _ in range(8)
-        ]
+        procs = [cli_process(db, "apply", "--quiet", "--lock-timeout", timeout, set_dir=slow_set) for _ in range(8)]
         results = [(p.wait(60), *p.communicate()) for p in procs]
         applied = [r for r in results if r[0] == 0 and r[1].startswith("applied 0008")]
         idle = [r for r in results if r[0] == 0 and r[1].startswith("nothing to apply")]
