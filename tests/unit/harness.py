@@ -172,6 +172,8 @@ def run_program(stack: str, config: dict[str, Any] | None = None, environ: dict[
     saved = deepcopy(settings.SETTINGS)
     old_env = dict(os.environ)
     old_cwd = Path.cwd()
+    for key in [k for k in os.environ if k.startswith("WISHLIST_")]:
+        del os.environ[key]  # e.g. the dev cluster's passwords that scripts/env.sh exports
     os.environ.update(environ if environ is not None else DEV_PASSWORDS)
     os.chdir(REPO)
     try:
