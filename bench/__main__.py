@@ -172,7 +172,7 @@ class Bench:
         ):
             with counting_round_trips() as trips:
                 fn()
-            row(name, timed(fn, self.repeat * 3), floor_in, f"{trips[0]} round trips, 2 connections")
+            row(name, timed(fn, self.repeat * 3), floor_in, f"{trips[0]} round trips, 1 connection")
         floor_p = timed(lambda: self.run_psql(db, "-c", "SELECT version, checksum FROM migration_ledger.applied"), self.repeat)
         row("floor: psql -c 'SELECT ... FROM migration_ledger.applied' (process)", floor_p)
         row("python -m components.migrate status (process)", timed(lambda: self.cli(db, "status"), self.repeat), floor_p)

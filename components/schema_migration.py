@@ -179,8 +179,7 @@ class SchemaMigrationProvider(ResourceProvider):
         inputs_changed = any(olds.get(k) != news.get(k) for k in INPUT_KEYS)
         try:
             engine = engine_for(news)
-            plan = engine.plan(news.get("target_version") or "latest")
-            report = engine.verify() if plan.current is not None else None
+            plan, report = engine.observe(news.get("target_version") or "latest")
         except ConnectFailed as exc:
             _log(f"database not reachable during preview ({exc.problem}); diff judged from stack state only")
             applied = {r["version"] for r in olds.get("applied") or []}
@@ -198,7 +197,7 @@ class SchemaMigrationProvider(ResourceProvider):
                 f"{'pending' if plan.steps[0].direction == 'up' else 'rollback'}: "
                 + ", ".join(f"{s.direction} {s.migration.label}" for s in plan.steps)
             )
-        drift = [] if report is None else list(report.differences)
+        drift = list(report.differences) if plan.current is not None else []
         for d in drift:
             _log(f"drift: {d.describe()}")
         return DiffResult(
@@ -243,11 +242,10 @@ class SchemaMigrationProvider(ResourceProvider):
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         try:
             engine = engine_for(props, migset.load(Path(str(props["set_dir"]))))
-            state, _ = engine.status()
-            report = engine.verify()
+            plan, report = engine.observe(engine.mset.latest)
         except MigrationError as exc:
             raise _fail(exc) from None
-        result = RunResult(state.current, [], report.fingerprint, state)
+        result = RunResult(plan.current, [], report.fingerprint, plan.ledger)
         outs = _outputs(props, result, list(report.differences))
         return ReadResult(id_=id_, outs=outs, inputs={k: props.get(k) for k in INPUT_KEYS})
 

@@ -427,6 +427,16 @@ class Engine:
             live = cat.introspect(conn, self.mset.schema)
         return self._report(state.current, live)
 
+    def observe(self, target: str | None = "latest") -> tuple[Plan, VerifyReport]:
+        """Plan and drift together on one connection (what `pulumi preview` and `refresh` need): two round trips."""
+        resolved = self.mset.resolve_target(target)
+        with self.connect() as conn:
+            state = self.read_state(conn)
+            steps = plan_steps(self.mset, state, resolved)
+            findings = self.lint(conn, steps)
+            live = cat.introspect(conn, self.mset.schema)
+        return Plan(state.current, resolved, steps, state, findings), self._report(state.current, live)
+
     def _report(self, version: str | None, live: cat.Catalog) -> VerifyReport:
         expected = self.mset.expected_catalog(version)
         return VerifyReport(version, cat.fingerprint(live), cat.fingerprint(expected), tuple(cat.compare(expected, live)))
