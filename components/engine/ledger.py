@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -92,7 +93,7 @@ class Ledger:
             " 'db', current_database())"
         ).format(applied=self._t("applied"), owner=self._t("owner"))
         try:
-            with conn.transaction() if not conn.autocommit else _nullcontext():
+            with conn.transaction() if not conn.autocommit else nullcontext():  # a savepoint inside a transaction
                 row = conn.execute(query, {"set": self.set_name}).fetchone()
         except psycopg.errors.UndefinedTable:
             row = conn.execute(
@@ -166,10 +167,3 @@ class Ledger:
     def release(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(sql.SQL("DELETE FROM {} WHERE set_name = %s").format(self._t("owner")), (self.set_name,))
 
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
