@@ -166,4 +166,3 @@ class Ledger:
 
     def release(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(sql.SQL("DELETE FROM {} WHERE set_name = %s").format(self._t("owner")), (self.set_name,))
-
