@@ -158,14 +158,9 @@ class SchemaMigrationProvider(ResourceProvider):
         gate = None if _has_unknowns({"gate": news.get("gate")}) else gate_from(news.get("gate"))
         if gate is not None and not failures:
             # Judged from inputs alone (check never connects): which versions up to the target the gate stack has.
-            target = str(news.get("target_version") or "0")
-            wanted = [m for m in news.get("migrations") or [] if int(m["version"]) <= int(target)]
-            cleared = [f"{m['version']}_{m['name']}" for m in wanted if gate.applied.get(m["version"]) == m["checksum"]]
-            blocked = [f"{m['version']}_{m['name']}" for m in wanted if gate.applied.get(m["version"]) != m["checksum"]]
-            _log(
-                f"promotion gate ({gate.stack}): applied there and cleared {', '.join(cleared) or 'none'}; "
-                f"not yet applied there {', '.join(blocked) or 'none'}"
-            )
+            target = int(news.get("target_version") or 0)
+            wanted = [m for m in news.get("migrations") or [] if int(m["version"]) <= target]
+            _log(gate.describe(*gate.split_items((m["version"], f"{m['version']}_{m['name']}", m["checksum"]) for m in wanted)))
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -188,8 +183,7 @@ class SchemaMigrationProvider(ResourceProvider):
         except MigrationError as exc:
             raise _fail(exc) from None
         if engine.gate is not None and plan.steps:
-            cleared, blocked = engine.gate.split(plan.steps)
-            _log(f"promotion gate ({engine.gate.stack}): cleared {', '.join(cleared) or 'none'}; blocked {', '.join(blocked) or 'none'}")
+            _log(engine.gate.describe(*engine.gate.split(plan.steps)))
         for finding in plan.findings:
             _log(f"lint {'refused' if engine.strict_lint and not finding.acknowledged else 'warning'}: {finding.describe()}")
         if plan.steps:

@@ -6,7 +6,7 @@ import getpass
 import hashlib
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,14 +143,21 @@ class Gate:
     applied: dict[str, str]
 
     def split(self, steps: tuple[Step, ...]) -> tuple[list[str], list[str]]:
+        """Labels of the up steps the gate clears, and of those it blocks."""
+        return self.split_items((s.migration.version, s.migration.label, s.migration.checksum) for s in steps if s.direction == "up")
+
+    def split_items(self, items: Iterable[tuple[str, str, str]]) -> tuple[list[str], list[str]]:
         cleared: list[str] = []
         blocked: list[str] = []
-        for s in steps:
-            if s.direction != "up":
-                continue
-            ok = self.applied.get(s.migration.version) == s.migration.checksum
-            (cleared if ok else blocked).append(s.migration.label)
+        for version, label, checksum in items:
+            (cleared if self.applied.get(version) == checksum else blocked).append(label)
         return cleared, blocked
+
+    def describe(self, cleared: list[str], blocked: list[str]) -> str:
+        return (
+            f"promotion gate ({self.stack}): applied there and cleared {', '.join(cleared) or 'none'}; "
+            f"not yet applied there {', '.join(blocked) or 'none'}"
+        )
 
     def enforce(self, steps: tuple[Step, ...]) -> None:
         _, blocked = self.split(steps)
