@@ -488,8 +488,8 @@ class Engine:
                 for step in steps:
                     result.ran.append(self._run_step(conn, step, state))
                     result.current = step.migration.version
-                final = cat.introspect(conn, self.mset.schema)
-                result.fingerprint = cat.fingerprint(final)
+                # The last step verified the catalog inside its transaction: that is the final fingerprint.
+                result.fingerprint = result.ran[-1]["fingerprint"] if result.ran else cat.fingerprint(live)
                 result.ledger = self.ledger.read(conn)
                 return result
 
@@ -511,7 +511,9 @@ class Engine:
                     result.current = max(remaining, key=int) if remaining else None
                 if resolved is None and self.stack is not None:
                     self.ledger.release(conn)
-                result.fingerprint = cat.fingerprint(cat.introspect(conn, self.mset.schema))
+                result.fingerprint = (
+                    result.ran[-1]["fingerprint"] if result.ran else cat.fingerprint(cat.introspect(conn, self.mset.schema))
+                )
                 result.ledger = self.ledger.read(conn)
                 return result
 
@@ -607,7 +609,8 @@ class Engine:
                     self._execute(conn, statements, label)
                     live = cat.introspect(conn, self.mset.schema)
                     self._verify_or_raise(label, expected_version, expected, live)
-                    self._record(conn, step, state, started, cat.fingerprint(live))
+                    fingerprint = cat.fingerprint(live)
+                    self._record(conn, step, state, started, fingerprint)
             except MigrationError:
                 raise
             except Exception as exc:
@@ -618,10 +621,11 @@ class Engine:
             self._execute(conn, statements, label)
             live = cat.introspect(conn, self.mset.schema)
             self._verify_or_raise(label, expected_version, expected, live)
-            self._record(conn, step, state, started, cat.fingerprint(live))
+            fingerprint = cat.fingerprint(live)
+            self._record(conn, step, state, started, fingerprint)
         duration = int((time.monotonic() - started) * 1000)
         self.progress(f"{label}: done in {duration} ms, verified")
-        return {"version": m.version, "name": m.name, "direction": step.direction, "duration_ms": duration}
+        return {"version": m.version, "name": m.name, "direction": step.direction, "duration_ms": duration, "fingerprint": fingerprint}
 
     def _record(
         self, conn: psycopg.Connection[Any], step: Step, state: LedgerState, started: float, fingerprint: str | None, status: str = APPLIED
