@@ -50,7 +50,7 @@ def run_e2e(bench: Any, repeat: int) -> Iterator[str]:
             floor = _time(empty, verb, repeat)
             ours = _time(project, verb, repeat)
             yield f"| floor: pulumi {' '.join(verb)} on a stack with no resources | {fmt(floor)} | |"
-            yield f"| pulumi {' '.join(verb)}, dev stack, nothing to do (13 resources) | {fmt(ours)} | {sorted(ours)[len(ours) // 2] / sorted(floor)[len(floor) // 2]:.2f}x |"
+            yield f"| pulumi {' '.join(verb)}, dev stack, nothing to do (16 resources) | {fmt(ours)} | {sorted(ours)[len(ours) // 2] / sorted(floor)[len(floor) // 2]:.2f}x |"
         project.run("destroy", "--yes")
     finally:
         with bench.admin.connect() as conn:
