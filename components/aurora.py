@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -62,36 +63,22 @@ class AuroraCluster(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        for i, sg in enumerate(c.allowed_security_group_ids):
+        # 5432 only from the configured groups and CIDRs, and from the group itself (the proxy reaches the cluster so).
+        sources: list[tuple[str, dict[str, Any]]] = [
+            *((f"sg-{i}", {"referenced_security_group_id": sg}) for i, sg in enumerate(c.allowed_security_group_ids)),
+            *((f"cidr-{i}", {"cidr_ipv4": cidr}) for i, cidr in enumerate(c.allowed_cidrs)),
+            ("self", {"referenced_security_group_id": self.security_group.id}),
+        ]
+        for suffix, source in sources:
             aws.vpc.SecurityGroupIngressRule(
-                f"{name}-in-sg-{i}",
+                f"{name}-in-{suffix}",
                 security_group_id=self.security_group.id,
                 ip_protocol="tcp",
                 from_port=PORT,
                 to_port=PORT,
-                referenced_security_group_id=sg,
                 opts=child,
+                **source,
             )
-        for i, cidr in enumerate(c.allowed_cidrs):
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-in-cidr-{i}",
-                security_group_id=self.security_group.id,
-                ip_protocol="tcp",
-                from_port=PORT,
-                to_port=PORT,
-                cidr_ipv4=cidr,
-                opts=child,
-            )
-        # The proxy reaches the cluster through the same group.
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-in-self",
-            security_group_id=self.security_group.id,
-            ip_protocol="tcp",
-            from_port=PORT,
-            to_port=PORT,
-            referenced_security_group_id=self.security_group.id,
-            opts=child,
-        )
 
         self.parameter_group = aws.rds.ClusterParameterGroup(
             f"{name}-params",
