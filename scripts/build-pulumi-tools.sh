@@ -35,6 +35,8 @@ PULUMI_VERSION=$(sed -n 's/^pulumi==//p' "$ROOT/requirements.lock")
 PULUMI_POSTGRESQL_VERSION=$(sed -n 's/^pulumi_postgresql==//p' "$ROOT/requirements.lock")
 
 WISHLIST_CACHE=${WISHLIST_CACHE:-$HOME/.cache/wishlist-infra}
+# Go from the image (/usr/local/go) when the caller's PATH lacks it.
+command -v go >/dev/null 2>&1 || { [ -x /usr/local/go/bin/go ] && PATH="/usr/local/go/bin:$PATH"; }
 export GOWORK=off CGO_ENABLED=0 GOFLAGS=-modcacherw GOTOOLCHAIN=local
 export GOMODCACHE=$WISHLIST_CACHE/go/mod GOCACHE=$WISHLIST_CACHE/go/build
 
