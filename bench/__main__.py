@@ -148,7 +148,7 @@ class Bench:
     def idle(self) -> None:
         say("\n## 2-3. Nothing to do, and verify, on an up-to-date database\n")
         say("| what | median (min, max) | ratio to floor | notes |\n|---|---|---|---|")
-        from components.schema_migration import SchemaMigrationProvider
+        from components.schema_migration import SchemaMigrationProvider, provider_inputs
 
         db = self.new_db()
         mset = migset.load(APP_SET)
@@ -163,7 +163,7 @@ class Bench:
             with counting_round_trips() as trips:
                 fn()
             row(name, timed(fn, self.repeat * 3), floor_in, f"{trips[0]} round trip(s) after connect")
-        props = _props(db, mset)
+        props = provider_inputs(db, mset, stack="bench/dev")
         provider = SchemaMigrationProvider()
         outs = provider.create(props).outs
         for name, fn in (
@@ -288,22 +288,6 @@ class Bench:
 def _connect_select(db: ConnectionSettings) -> None:
     with db.connect() as conn:
         conn.execute("SELECT 1").fetchone()
-
-
-def _props(db: ConnectionSettings, mset: migset.MigrationSet) -> dict[str, Any]:
-    return {
-        "host": db.host,
-        "port": db.port,
-        "database": db.dbname,
-        "user": db.user,
-        "password": db.password,
-        "sslmode": "disable",
-        "set_dir": str(mset.directory),
-        "migrations": mset.manifest(),
-        "target_version": mset.latest,
-        "stack": "bench/dev",
-        "expected_fingerprint": mset.get(mset.latest).fingerprint if mset.latest else None,
-    }
 
 
 def _plan_brief(plan: dict[str, Any]) -> str:

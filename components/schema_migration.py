@@ -117,6 +117,31 @@ def gate_from(raw: Any) -> Gate | None:
     return Gate(str(raw["stack"]), {str(a["version"]): str(a["checksum"]) for a in applied if isinstance(a, dict)})
 
 
+def provider_inputs(settings: ConnectionSettings, mset: migset.MigrationSet, **extra: Any) -> dict[str, Any]:
+    """The provider's inputs for a plain connection and a loaded set, as the engine would get them (tests, bench)."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "database": settings.dbname,
+        "user": settings.user,
+        "password": settings.password,
+        "sslmode": settings.sslmode,
+        "connect_timeout": settings.connect_timeout,
+        "auth": "password",
+        "region": None,
+        "set_dir": str(mset.directory),
+        "migrations": mset.manifest(),
+        "target_version": mset.latest,
+        "expected_fingerprint": mset.get(mset.latest).fingerprint if mset.latest else None,
+        "allow_rollback": False,
+        "stack": None,
+        "ledger_schema": "migration_ledger",
+        "lock_timeout_ms": 60_000,
+        "statement_timeout_ms": 0,
+        **extra,
+    }
+
+
 def _outputs(props: dict[str, Any], result: RunResult, drift: list[Difference] | None = None) -> dict[str, Any]:
     state = result.ledger
     applied = [] if state is None else [{"version": r.version, "checksum": r.checksum} for r in state.rows if r.status == "applied"]

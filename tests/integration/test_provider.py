@@ -10,33 +10,13 @@ import pytest
 from components.engine import migset
 from components.engine.connection import ConnectionSettings
 from components.engine.snapshot import generate
-from components.schema_migration import UNKNOWN, SchemaMigrationProvider
+from components.schema_migration import UNKNOWN, SchemaMigrationProvider, provider_inputs
 from tests.integration.test_wish2007 import ledger_rows, q
 
 
 def props_for(db: ConnectionSettings, set_dir: Path, **extra: Any) -> dict[str, Any]:
-    mset = migset.load(set_dir)
-    return {
-        "host": db.host,
-        "port": db.port,
-        "database": db.dbname,
-        "user": db.user,
-        "password": db.password,
-        "sslmode": "disable",
-        "connect_timeout": 5,
-        "auth": "password",
-        "region": None,
-        "set_dir": str(set_dir),
-        "migrations": mset.manifest(),
-        "target_version": mset.latest,
-        "expected_fingerprint": mset.get(mset.latest).fingerprint if mset.latest else None,
-        "allow_rollback": False,
-        "stack": "wishlist-infra/test",
-        "ledger_schema": "migration_ledger",
-        "lock_timeout_ms": 5000,
-        "statement_timeout_ms": 0,
-        **extra,
-    }
+    defaults = {"connect_timeout": 5, "stack": "wishlist-infra/test", "lock_timeout_ms": 5000}
+    return provider_inputs(db, migset.load(set_dir), **{**defaults, **extra})
 
 
 def test_create_diff_update_read_delete(fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings) -> None:
