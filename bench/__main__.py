@@ -148,7 +148,8 @@ class Bench:
     def idle(self) -> None:
         say("\n## 2-3. Nothing to do, and verify, on an up-to-date database\n")
         say("| what | median (min, max) | ratio to floor | notes |\n|---|---|---|---|")
-        from components.schema_migration import SchemaMigrationProvider, provider_inputs
+        from components.schema_migration import SchemaMigrationProvider
+        from devtools.provider_props import provider_inputs
 
         db = self.new_db()
         mset = migset.load(APP_SET)
@@ -157,7 +158,7 @@ class Bench:
         row("floor: psycopg connect + SELECT 1 (in-process)", floor_in)
         for name, fn in (
             ("engine.status()", lambda: Engine(db, mset).status()),
-            ("engine.plan()", lambda: Engine(db, mset).plan()),
+            ("engine.plan()", lambda: Engine(db, mset).plan(mset.latest)),
             ("engine.verify()", lambda: Engine(db, mset).verify()),
         ):
             with counting_round_trips() as trips:
@@ -203,7 +204,7 @@ class Bench:
             apply = timed(lambda: Engine(dbs[-1], mset).apply(), reps, fresh)
             row(f"N={n}: floor psql -f (one transaction per file)", floor)
             row(f"N={n}: engine.apply() (lock, verify after each)", apply, floor, f"per migration {statistics.median(apply) / n:.1f} ms")
-            plan = timed(lambda: Engine(dbs[-1], mset).plan(), self.repeat)
+            plan = timed(lambda: Engine(dbs[-1], mset).plan(mset.latest), self.repeat)
             load = timed(lambda: migset.load(set_dir), max(1, reps))
             row(f"N={n}: engine.plan() up to date (set loaded)", plan, None, f"snapshot generation took {snap_ms:.0f} ms")
             row(f"N={n}: migset.load() (files, journal, {n} snapshots)", load)

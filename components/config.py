@@ -11,6 +11,8 @@ from typing import Any
 
 import pulumi
 
+from .engine.options import RunOptions
+
 ENVIRONMENTS = ("dev", "staging", "prod")
 TARGETS = ("local", "aurora")
 MIN_BACKUP_DAYS = {"dev": 1, "staging": 7, "prod": 14}
@@ -90,26 +92,53 @@ class DatabaseConfig:
 class MigrationsConfig:
     set_dir: str = "migrations/app"
     target: str = "latest"
-    allow_rollback: bool = False
-    lock_timeout_ms: int = 60_000
-    statement_timeout_ms: int = 0
+    allow_rollback: bool = False  # lowering the target runs down migrations
+    destroy_drops_schema: bool = False  # dev only: `pulumi destroy` rolls the schema back
+    options: RunOptions = field(default_factory=RunOptions)
     require_applied_in: str | None = None  # promotion gate: a stack whose outputs must show each version first
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any], environment: str) -> MigrationsConfig:
-        set_dir = _get(raw, "set", "migrations", str, "migrations/app")
-        target = str(_get(raw, "target", "migrations", (str, int), "latest"))
-        allow = _get(raw, "allowRollback", "migrations", bool, False)
+    def parse(cls, raw: Mapping[str, Any], environment: str, owner: str | None = None) -> MigrationsConfig:
+        p, d = "migrations", RunOptions()
+        set_dir = _get(raw, "set", p, str, "migrations/app")
+        target = str(_get(raw, "target", p, (str, int), "latest"))
+        allow = _get(raw, "allowRollback", p, bool, False)
         if allow and environment == "prod":
             raise ConfigError("migrations.allowRollback", "is true in prod", "false (roll back prod with the runbook, by hand)")
-        lock = _get(raw, "lockTimeoutMs", "migrations", int, 60_000)
-        stmt = _get(raw, "statementTimeoutMs", "migrations", int, 0)
-        if lock <= 0 or stmt < 0:
+        drops = _get(raw, "destroyDropsSchema", p, bool, False)
+        if drops and environment != "dev":
             raise ConfigError(
-                "migrations.lockTimeoutMs", f"is {lock} (statementTimeoutMs {stmt})", "lockTimeoutMs > 0, statementTimeoutMs >= 0"
+                "migrations.destroyDropsSchema", f"is true in {environment}", "false outside dev (destroy never drops a shared schema)"
             )
-        gate = _get(raw, "requireAppliedIn", "migrations", str, "staging" if environment == "prod" else None)
-        return cls(set_dir, target, allow, lock, stmt, gate or None)
+        waits = {
+            key: _get(raw, key, p, int, default)
+            for key, default in (
+                ("lockWaitMs", d.lock_wait_ms),
+                ("lockTimeoutMs", d.lock_timeout_ms),
+                ("statementTimeoutMs", d.statement_timeout_ms),
+                ("ddlRetries", d.ddl_retries),
+            )
+        }
+        if waits["lockWaitMs"] <= 0 or waits["lockTimeoutMs"] <= 0:
+            raise ConfigError(
+                "migrations.lockTimeoutMs", f"is {waits['lockTimeoutMs']} (lockWaitMs {waits['lockWaitMs']})", "both > 0 milliseconds"
+            )
+        if waits["statementTimeoutMs"] < 0 or not 0 <= waits["ddlRetries"] <= 20:
+            raise ConfigError(
+                "migrations.ddlRetries",
+                f"is {waits['ddlRetries']} (statementTimeoutMs {waits['statementTimeoutMs']})",
+                "ddlRetries 0..20, statementTimeoutMs >= 0",
+            )
+        options = RunOptions(
+            stack=owner,
+            lock_wait_ms=waits["lockWaitMs"],
+            lock_timeout_ms=waits["lockTimeoutMs"],
+            ddl_retries=waits["ddlRetries"],
+            statement_timeout_ms=waits["statementTimeoutMs"],
+            strict_lint=environment == "prod",
+        )
+        gate = _get(raw, "requireAppliedIn", p, str, "staging" if environment == "prod" else None)
+        return cls(set_dir, target, allow, drops, options, gate or None)
 
 
 @dataclass(frozen=True)
@@ -249,7 +278,7 @@ def load(cfg: pulumi.Config | None = None, environ: Mapping[str, str] | None = N
     db = DatabaseConfig.parse(cfg.get_object("db") or {})
     if (db.target == "local") != (environment == "dev"):
         raise ConfigError("db.target", f"is {db.target!r} for environment {environment}", "local for dev, aurora for staging and prod")
-    migrations = MigrationsConfig.parse(cfg.get_object("migrations") or {}, environment)
+    migrations = MigrationsConfig.parse(cfg.get_object("migrations") or {}, environment, f"{pulumi.get_project()}/{pulumi.get_stack()}")
     aurora = AuroraConfig.parse(cfg.get_object("aurora") or {}, environment) if db.target == "aurora" else None
     protect = cfg.get_bool("protect")
     if protect is None:

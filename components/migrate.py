@@ -1,6 +1,7 @@
-"""Operator CLI over the migration engine: `python -m components.migrate <command> --dsn DSN [--set DIR]`.
+"""Operator CLI over the migration engine: `python -m components.migrate <command> [options]`.
 
-Imports only the engine (no Pulumi SDK), so it starts about as fast as a bare psycopg script.
+Imports only the engine (no Pulumi SDK, no SQL parser until a command needs it), so it starts about as fast as a bare
+psycopg script. Each verb calls one engine method and prints its result.
 """
 
 from __future__ import annotations
@@ -8,49 +9,119 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .engine import migset
 from .engine.connection import ConnectionSettings, mask_dsn
-from .engine.engine import Engine, Plan, VerifyReport
+from .engine.engine import Engine, RunResult, VerifyReport
 from .engine.errors import MigrationError
 from .engine.ledger import LedgerState
-from .engine.snapshot import generate
+from .engine.options import RunOptions
+from .engine.planner import Plan, parse_target
 
+VERSION = "0.2.0"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERS = 0, 1, 2, 3
-COMMANDS = ("check", "plan", "status", "apply", "verify", "rollback", "drift", "snapshot", "resolve", "adopt")
+EXIT_CODES = "exit codes: 0 success; 1 error (one line `error: ...` on stderr); 2 usage; 3 verify/drift found differences"
+DEFAULTS = RunOptions()
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("connection and set")
+    g.add_argument("--dsn", default=None, help="libpq DSN or URL; unset parts come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE")
+    g.add_argument("--set", dest="set_dir", default="migrations/app", help="migration set directory (default: migrations/app)")
+    g.add_argument("--json", action="store_true", help="machine-readable output")
+    g.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def _run_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("run options")
+    g.add_argument("--stack", default=DEFAULTS.stack, help="owner identity recorded in the ledger; refuses a database owned by another")
+    g.add_argument("--ledger-schema", default=DEFAULTS.ledger_schema, help=f"(default: {DEFAULTS.ledger_schema})")
+    g.add_argument(
+        "--lock-wait",
+        type=int,
+        default=DEFAULTS.lock_wait_ms,
+        metavar="MS",
+        help=f"wait for another applier's lock (default {DEFAULTS.lock_wait_ms})",
+    )
+    g.add_argument(
+        "--lock-timeout",
+        type=int,
+        default=DEFAULTS.lock_timeout_ms,
+        metavar="MS",
+        help=f"DDL lock_timeout: how long a statement may queue for a table lock before a retry (default {DEFAULTS.lock_timeout_ms})",
+    )
+    g.add_argument(
+        "--ddl-retries",
+        type=int,
+        default=DEFAULTS.ddl_retries,
+        metavar="N",
+        help=f"retries after a DDL lock timeout (default {DEFAULTS.ddl_retries})",
+    )
+    g.add_argument(
+        "--statement-timeout", type=int, default=DEFAULTS.statement_timeout_ms, metavar="MS", help="per-statement limit (0 = none)"
+    )
+    g.add_argument("--strict-lint", action="store_true", help="refuse unacknowledged lint findings (what prod does)")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m components.migrate", description="Apply, verify and roll back a PostgreSQL migration set.")
-    p.add_argument("command", choices=COMMANDS)
-    p.add_argument("version", nargs="?", help="for `resolve`: the interrupted version; for `adopt`: the version the database matches")
-    p.add_argument(
-        "--drizzle-dir", type=Path, default=None, help="for `adopt`: the drizzle-kit migrations folder whose hashes the database recorded"
+    p = argparse.ArgumentParser(
+        prog="python -m components.migrate",
+        description="Apply, verify and roll back a PostgreSQL migration set.",
+        epilog=EXIT_CODES,
     )
-    p.add_argument("--dsn", default=None, help="libpq DSN or URL; unset parts come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE")
-    p.add_argument("--set", dest="set_dir", default="migrations/app", help="migration set directory (default: migrations/app)")
-    p.add_argument(
-        "--to", dest="target", default=None, help="target version: apply up to it, or roll back down to it (0 = before the first)"
-    )
-    p.add_argument(
-        "--stack", default=None, help="owner identity recorded in the ledger (e.g. wishlist-infra/dev); refuses a database owned by another"
-    )
-    p.add_argument("--ledger-schema", default="migration_ledger")
-    p.add_argument(
-        "--lock-timeout", type=int, default=60_000, metavar="MS", help="wait at most this long for the migration lock and for table locks"
-    )
-    p.add_argument("--statement-timeout", type=int, default=0, metavar="MS", help="per-statement limit (0 = none)")
-    p.add_argument("--strict-lint", action="store_true", help="refuse unacknowledged lint findings (what prod does)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    conn, run = _connection_options(), _run_options()
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def verb(name: str, handler: Handler, help_: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_, parents=list(parents), epilog=EXIT_CODES)
+        sp.set_defaults(handler=handler)
+        return sp
+
+    verb("check", _check, "check the set on disk: files, journal, snapshots, statements (connects to nothing; --dsn is ignored)", conn)
+    verb("snapshot", _snapshot, "apply the set to a throwaway database and write meta/ (the role needs CREATEDB)", conn)
+    verb("status", _status, "what is applied, by whom, and what is pending or interrupted", conn, run)
+    sp = verb("plan", _plan, "what apply (or rollback) would run, with lint findings; no writes", conn, run)
+    sp.add_argument("--to", dest="target", default=None, help="target version (default: latest; 0 = before the first)")
+    for name, help_ in (("verify", "compare the live schema with the snapshot of the applied version"), ("drift", "same as verify")):
+        verb(name, _verify, help_, conn, run)
+    sp = verb("apply", _apply, "apply pending migrations, each verified; resumes an interrupted one", conn, run)
+    sp.add_argument("--to", dest="target", default=None, help="apply up to this version (default: latest)")
+    sp = verb("rollback", _rollback, "run down migrations to a version (0 = before the first)", conn, run)
+    sp.add_argument("--to", dest="target", required=True, help="the version to keep (0 = none)")
+    sp = verb("resolve", _resolve, "clear the interrupted mark of a migration repaired by hand", conn, run)
+    sp.add_argument("version", help="the interrupted version")
+    sp = verb("adopt", _adopt, "record versions as applied without running them, if the schema matches their snapshot", conn, run)
+    sp.add_argument("version", help="the version whose snapshot the database matches")
+    sp.add_argument("--drizzle-dir", type=Path, default=None, help="the drizzle-kit migrations folder whose hashes the database recorded")
     return p
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
     print(json.dumps(payload, indent=2, default=str) if args.json else text)
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    progress = None if (args.quiet or args.json) else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    options = RunOptions(
+        stack=args.stack,
+        ledger_schema=args.ledger_schema,
+        lock_wait_ms=args.lock_wait,
+        lock_timeout_ms=args.lock_timeout,
+        ddl_retries=args.ddl_retries,
+        statement_timeout_ms=args.statement_timeout,
+        strict_lint=args.strict_lint,
+    )
+    return Engine(ConnectionSettings.from_dsn(args.dsn), migset.load(Path(args.set_dir)), options, progress=progress)
 
 
 def _plan_text(plan: Plan) -> str:
@@ -59,11 +130,25 @@ def _plan_text(plan: Plan) -> str:
     lines = [f"current {plan.current or 'none'} -> target {plan.target or 'none'}: {len(plan.steps)} step(s)"]
     lines += [f"warning: {f.describe()}" for f in plan.findings]
     for step in plan.steps:
-        m = step.migration
-        body = m.up_sql if step.direction == "up" else (m.down_sql or "")
-        lines.append(f"\n-- {step.direction} {m.label}{'' if m.transactional else ' (outside a transaction)'}")
-        lines.append(body.rstrip())
+        resume = f", resumes at statement {step.resume_from + 1}" if step.resuming else ""
+        lines.append(f"\n-- {step.direction} {step.migration.label}{'' if step.transactional else ' (outside a transaction)'}{resume}")
+        lines.append(step.sql.rstrip())
     return "\n".join(lines)
+
+
+def interrupted_line(state: LedgerState, mset: migset.MigrationSet) -> list[str]:
+    """One line per interrupted run outside a transaction: where it stopped and how apply resumes."""
+    lines = []
+    files = {m.version: m for m in mset.migrations}
+    for r in state.started:
+        m = files.get(r.version)
+        total = len(m.statements() if r.direction == "up" else m.down_statements()) if m else 0
+        lines.append(
+            f"interrupted: {r.version}_{r.name} ({r.direction}, outside a transaction) stopped after statement "
+            f"{r.statements_done}/{total}; statements 1-{r.statements_done} are committed; "
+            f"`{'apply' if r.direction == 'up' else 'rollback'}` resumes at statement {r.statements_done + 1}"
+        )
+    return lines
 
 
 def _status_text(state: LedgerState, plan: Plan, mset: migset.MigrationSet) -> str:
@@ -76,11 +161,12 @@ def _status_text(state: LedgerState, plan: Plan, mset: migset.MigrationSet) -> s
             (r.version, r.name, r.applied_at[:19], r.applied_by, str(r.duration_ms), check if r.status == "applied" else "INTERRUPTED")
         )
     for step in plan.steps:
-        rows.append((step.migration.version, step.migration.name, "pending", "", "", "-"))
+        if not step.resuming and step.direction == "up":
+            rows.append((step.migration.version, step.migration.name, "pending", "", "", "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
     owner = f"owner stack: {state.owner.stack}" if state.owner else "owner stack: none"
-    return f"database {state.identity}, {owner}\n{table}"
+    return "\n".join([f"database {state.identity}, {owner}", table, *interrupted_line(state, mset)])
 
 
 def _report_text(report: VerifyReport) -> str:
@@ -91,98 +177,107 @@ def _report_text(report: VerifyReport) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace) -> int:
+    mset = migset.load(Path(args.set_dir))
+    for m in mset.migrations:  # parse every file: a syntax error or transaction control is refused here
+        m.statements()
+        m.down_statements()
+    text = f"ok: {len(mset.migrations)} migration(s) match the journal and snapshots ({', '.join(mset.versions)})"
+    _emit(args, {"ok": True, "versions": mset.versions}, text)
+    return EXIT_OK
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from .engine.snapshot import generate
+
     set_dir = Path(args.set_dir)
-    if args.command == "snapshot":
-        settings = ConnectionSettings.from_dsn(args.dsn)
-        path = generate(settings, set_dir)
-        print(f"wrote {path} and {len(migset.scan(set_dir))} snapshot(s)")
-        return EXIT_OK
-    mset = migset.load(set_dir)
-    if args.command == "check":
-        _emit(
-            args,
-            {"ok": True, "versions": mset.versions},
-            f"ok: {len(mset.migrations)} migration(s) match the journal and snapshots ({', '.join(mset.versions)})",
-        )
-        return EXIT_OK
-    progress = None if (args.quiet or args.json) else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    engine = Engine(
-        ConnectionSettings.from_dsn(args.dsn),
-        mset,
-        stack=args.stack,
-        ledger_schema=args.ledger_schema,
-        lock_timeout_ms=args.lock_timeout,
-        statement_timeout_ms=args.statement_timeout,
-        strict_lint=args.strict_lint,
-        progress=progress,
+    path = generate(ConnectionSettings.from_dsn(args.dsn), set_dir)
+    print(f"wrote {path} and {len(migset.scan(set_dir))} snapshot(s)")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    state, plan = engine.status()
+    payload = {
+        "database": state.identity,
+        "owner": state.owner.__dict__ if state.owner else None,
+        "applied": [r.as_dict() for r in state.rows],
+        "pending": plan.pending,
+        "interrupted": interrupted_line(state, engine.mset),
+    }
+    _emit(args, payload, _status_text(state, plan, engine.mset))
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    plan = engine.plan(parse_target(engine.mset, args.target))
+    _emit(args, plan.as_dict(), _plan_text(plan))
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    report = _engine(args).verify()
+    _emit(args, report.as_dict(), _report_text(report))
+    return EXIT_OK if report.ok else EXIT_DIFFERS
+
+
+def _ran(result: RunResult, verb: str, idle: str) -> str:
+    if not result.ran:
+        return f"{idle}: at version {result.current or 'none'}"
+    return f"{verb} {', '.join(r['version'] for r in result.ran)}; now at {result.current or 'none'}"
+
+
+def _apply(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    result = engine.migrate_to(parse_target(engine.mset, args.target))
+    _emit(args, result.as_dict(), _ran(result, "applied", "nothing to apply") + f", verified ({result.fingerprint})")
+    return EXIT_OK
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    result = engine.migrate_to(parse_target(engine.mset, args.target), allow_rollback=True, allow_forward=False)
+    _emit(args, result.as_dict(), _ran(result, "rolled back", "nothing to roll back"))
+    return EXIT_OK
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    _engine(args).resolve(str(args.version))
+    print(f"cleared the interrupted mark of {args.version}")
+    return EXIT_OK
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    from .engine.adopt import adopt
+
+    engine = _engine(args)
+    result = adopt(engine, parse_target(engine.mset, args.version), args.drizzle_dir)
+    _emit(
+        args,
+        result.as_dict(),
+        f"adopted {', '.join(r['version'] for r in result.ran)} without running them; verified ({result.fingerprint})",
     )
-    if args.command == "status":
-        state, plan = engine.status()
-        payload = {
-            "database": state.identity,
-            "owner": state.owner.__dict__ if state.owner else None,
-            "applied": [r.as_dict() for r in state.rows],
-            "pending": plan.pending,
-        }
-        _emit(args, payload, _status_text(state, plan, mset))
-        return EXIT_OK
-    if args.command == "plan":
-        plan = engine.plan(args.target or "latest")
-        _emit(args, plan.as_dict(), _plan_text(plan))
-        return EXIT_OK
-    if args.command in ("verify", "drift"):
-        report = engine.verify()
-        _emit(args, report.as_dict(), _report_text(report))
-        return EXIT_OK if report.ok else EXIT_DIFFERS
-    if args.command == "apply":
-        result = engine.apply(args.target or "latest")
-        text = (
-            f"applied {', '.join(r['version'] for r in result.ran)}; now at {result.current}"
-            if result.ran
-            else f"nothing to apply: at version {result.current or 'none'}"
-        ) + f", verified ({result.fingerprint})"
-        _emit(args, result.as_dict(), text)
-        return EXIT_OK
-    if args.command == "rollback":
-        if args.target is None:
-            raise MigrationError("rollback needs --to VERSION (0 = before the first migration).", "e.g. `rollback --to 0`.")
-        result = engine.rollback(args.target)
-        text = (
-            f"rolled back {', '.join(r['version'] for r in result.ran)}; now at {result.current or 'none'}"
-            if result.ran
-            else f"nothing to roll back: at version {result.current or 'none'}"
-        )
-        _emit(args, result.as_dict(), text)
-        return EXIT_OK
-    if args.command == "adopt":
-        if not args.version:
-            raise MigrationError("adopt needs the VERSION whose snapshot the database matches.", "e.g. `adopt 0007`.")
-        result = engine.adopt(args.version, args.drizzle_dir)
-        _emit(
-            args,
-            result.as_dict(),
-            f"adopted {', '.join(r['version'] for r in result.ran)} without running them; verified ({result.fingerprint})",
-        )
-        return EXIT_OK
-    if args.command == "resolve":
-        if not args.version:
-            raise MigrationError("resolve needs the interrupted VERSION.", "e.g. `resolve 0008`.")
-        engine.resolve(args.version)
-        print(f"cleared the interrupted mark of {args.version}")
-        return EXIT_OK
-    raise AssertionError(args.command)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        handler: Handler = args.handler
+        return handler(args)
     except MigrationError as exc:
         print(f"error: {mask_dsn(str(exc))}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "code": exc.code, "problem": mask_dsn(exc.problem), "fix": exc.fix}))
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("error: interrupted; a transactional migration in progress was rolled back by the server.", file=sys.stderr)
+        print(
+            "error: interrupted. A migration running in a transaction was rolled back by the server; one running outside a "
+            "transaction stopped after its last completed statement: `status` shows where, and `apply` resumes it.",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

@@ -1,13 +1,16 @@
 """SchemaMigration: a Pulumi dynamic resource that applies and verifies a migration set, a thin adapter over the engine.
 
-The provider class lives in this importable module, so dill pickles it by reference; it keeps no state and opens
-its connections inside each method. Nothing here runs at import time.
+The provider class lives in this importable module, so dill pickles it by reference; it keeps no state between calls
+and opens its connections inside each method. Nothing here runs at import time. Its inputs are written once, in
+`SchemaMigrationArgs` (plus the engine's `RunOptions`), and cross the wire through `to_props`/`from_props`.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +18,74 @@ import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, Resource, ResourceProvider, UpdateResult
 
 from .engine import migset
-from .engine.catalog import Difference
 from .engine.connection import ConnectionSettings
-from .engine.engine import Engine, Gate, RunResult
+from .engine.engine import Engine, RunResult
 from .engine.errors import ChecksumMismatch, ConnectFailed, MigrationError
+from .engine.options import RunOptions
+from .engine.planner import Gate, parse_target, target_prop
 
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN, kept literal to avoid importing rpc
-
-CONNECTION_KEYS = ("host", "port", "database", "user", "password", "sslmode", "connect_timeout", "auth", "region")
-INPUT_KEYS = (
-    *CONNECTION_KEYS,
-    "set_dir",
-    "migrations",
-    "target_version",
-    "expected_fingerprint",
-    "allow_rollback",
-    "stack",
-    "ledger_schema",
-    "lock_timeout_ms",
-    "statement_timeout_ms",
-    "strict_lint",
-    "gate",
-)
 OUTPUT_KEYS = ("applied_version", "applied", "fingerprint", "drift", "database_identity")
+DERIVED_KEYS = ("migrations", "expected_fingerprint", "gate")  # computed from the set and the gate by to_props
+
+
+@dataclass(frozen=True)
+class SchemaMigrationArgs:
+    """The resource's inputs, each written once; connection fields may be Outputs (e.g. the cluster endpoint)."""
+
+    host: pulumi.Input[str]
+    port: pulumi.Input[int]
+    database: pulumi.Input[str]
+    user: pulumi.Input[str]
+    set_dir: str
+    options: RunOptions = field(default_factory=RunOptions)
+    # Where the provider reads the password when it runs (never an input, so never in state): a stack config key of
+    # this project, then an environment variable. AWS stacks use IAM tokens instead (auth="iam").
+    password_config_key: str | None = None
+    password_env: str | None = None
+    sslmode: str = "require"
+    sslrootcert: str | None = None
+    connect_timeout: int = 10
+    auth: str = "password"
+    region: str | None = None
+    target_version: str = "latest"
+    allow_rollback: bool = False
+    destroy_drops_schema: bool = False  # dev only: `pulumi destroy` rolls the schema back
+    gate_stack: str | None = None
+    gate_applied: pulumi.Input[Any] | None = None  # the gate stack's applied_migrations output
+
+    def to_props(self, mset: migset.MigrationSet) -> dict[str, Any]:
+        """Flat properties: the plain fields, the run options, and what is derived from the set on disk."""
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("options", "gate_stack", "gate_applied")}
+        target = parse_target(mset, self.target_version)
+        return {
+            **plain,
+            **self.options.to_props(),
+            "target_version": target_prop(target),
+            "migrations": mset.manifest(),
+            "expected_fingerprint": mset.get(target).fingerprint if target else None,
+            "gate": None if self.gate_stack is None else {"stack": self.gate_stack, "applied": self.gate_applied},
+        }
+
+    @classmethod
+    def from_props(cls, props: dict[str, Any]) -> SchemaMigrationArgs:
+        """The inputs back from properties (state or the wire); missing keys keep their defaults."""
+        names = {f.name for f in fields(cls)} - {"options", "gate_stack", "gate_applied"}
+        given = {k: props[k] for k in names if props.get(k) is not None}
+        gate = props.get("gate") or {}
+        return replace(
+            cls(host="", port=0, database="", user="", set_dir=""),
+            **given,
+            options=RunOptions.from_props(props),
+            gate_stack=gate.get("stack"),
+            gate_applied=gate.get("applied"),
+        )
+
+
+def input_keys() -> tuple[str, ...]:
+    """Every property the resource takes as input (outputs excluded)."""
+    names = [f.name for f in fields(SchemaMigrationArgs) if f.name not in ("options", "gate_stack", "gate_applied")]
+    return (*names, *(f.name for f in fields(RunOptions)), *DERIVED_KEYS)
 
 
 def _log(message: str) -> None:
@@ -55,58 +103,7 @@ def _has_unknowns(props: dict[str, Any]) -> bool:
             return any(walk(v) for v in value)
         return False
 
-    return any(walk(props.get(k)) for k in INPUT_KEYS)
-
-
-def settings_from(props: dict[str, Any]) -> ConnectionSettings:
-    password = props.get("password")
-    if props.get("auth") == "iam":
-        password = _iam_token(str(props["host"]), int(props["port"]), str(props["user"]), str(props.get("region") or ""))
-    return ConnectionSettings(
-        host=str(props["host"]),
-        port=int(props["port"]),
-        dbname=str(props["database"]),
-        user=str(props["user"]),
-        password=None if password is None else str(password),
-        sslmode=str(props.get("sslmode") or "require"),
-        connect_timeout=int(props.get("connect_timeout") or 10),
-        application_name="wishlist-pulumi",
-    )
-
-
-def _iam_token(host: str, port: int, user: str, region: str) -> str:
-    """A 15-minute RDS IAM auth token, signed locally with the ambient AWS credentials."""
-    import boto3  # type: ignore[import-untyped]
-
-    return str(boto3.client("rds", region_name=region or None).generate_db_auth_token(DBHostname=host, Port=port, DBUsername=user))
-
-
-def load_set(props: dict[str, Any]) -> migset.MigrationSet:
-    """The set on disk, which must be exactly what the program saw (what was previewed is what runs)."""
-    mset = migset.load(Path(str(props["set_dir"])))
-    declared = {m["version"]: m["checksum"] for m in props.get("migrations") or []}
-    on_disk = {m.version: m.checksum for m in mset.migrations}
-    if declared and declared != on_disk:
-        changed = sorted(v for v in set(declared) | set(on_disk) if declared.get(v) != on_disk.get(v))
-        raise ChecksumMismatch(
-            f"the migration set {props['set_dir']} changed on disk since the program read it (versions {', '.join(changed)}).",
-            "run `pulumi preview` again and review the new plan.",
-        )
-    return mset
-
-
-def engine_for(props: dict[str, Any], mset: migset.MigrationSet | None = None) -> Engine:
-    return Engine(
-        settings_from(props),
-        mset or load_set(props),
-        stack=props.get("stack") or None,
-        ledger_schema=str(props.get("ledger_schema") or "migration_ledger"),
-        lock_timeout_ms=int(props.get("lock_timeout_ms") or 60_000),
-        statement_timeout_ms=int(props.get("statement_timeout_ms") or 0),
-        strict_lint=bool(props.get("strict_lint")),
-        gate=gate_from(props.get("gate")),
-        progress=_log,
-    )
+    return any(walk(props.get(k)) for k in input_keys())
 
 
 def gate_from(raw: Any) -> Gate | None:
@@ -115,44 +112,6 @@ def gate_from(raw: Any) -> Gate | None:
         return None
     applied = raw.get("applied") or []
     return Gate(str(raw["stack"]), {str(a["version"]): str(a["checksum"]) for a in applied if isinstance(a, dict)})
-
-
-def provider_inputs(settings: ConnectionSettings, mset: migset.MigrationSet, **extra: Any) -> dict[str, Any]:
-    """The provider's inputs for a plain connection and a loaded set, as the engine would get them (tests, bench)."""
-    return {
-        "host": settings.host,
-        "port": settings.port,
-        "database": settings.dbname,
-        "user": settings.user,
-        "password": settings.password,
-        "sslmode": settings.sslmode,
-        "connect_timeout": settings.connect_timeout,
-        "auth": "password",
-        "region": None,
-        "set_dir": str(mset.directory),
-        "migrations": mset.manifest(),
-        "target_version": mset.latest,
-        "expected_fingerprint": mset.get(mset.latest).fingerprint if mset.latest else None,
-        "allow_rollback": False,
-        "stack": None,
-        "ledger_schema": "migration_ledger",
-        "lock_timeout_ms": 60_000,
-        "statement_timeout_ms": 0,
-        **extra,
-    }
-
-
-def _outputs(props: dict[str, Any], result: RunResult, drift: list[Difference] | None = None) -> dict[str, Any]:
-    state = result.ledger
-    applied = [] if state is None else [{"version": r.version, "checksum": r.checksum} for r in state.rows if r.status == "applied"]
-    return {
-        **{k: props.get(k) for k in INPUT_KEYS},
-        "applied_version": result.current,
-        "applied": applied,
-        "fingerprint": result.fingerprint,
-        "drift": [d.describe() for d in drift or []],
-        "database_identity": None if state is None else state.identity,
-    }
 
 
 def _fail(exc: MigrationError) -> Exception:
@@ -172,6 +131,38 @@ def tampered_in_state(olds: dict[str, Any], news: dict[str, Any]) -> str | None:
 
 class SchemaMigrationProvider(ResourceProvider):
     """check/diff/create/update/delete/read for a migration set; each call opens its own connection."""
+
+    def configure(self, req: Any) -> None:
+        # Stack config of this project (secrets arrive decrypted), read in the provider process only.
+        self._config = req.config
+
+    def _password(self, args: SchemaMigrationArgs) -> str | None:
+        config = getattr(self, "_config", None)
+        if args.password_config_key and config is not None:
+            value = config.get(args.password_config_key)
+            if value:
+                return str(value)
+        if args.password_env:
+            return os.environ.get(args.password_env) or None
+        return None
+
+    def settings(self, args: SchemaMigrationArgs) -> ConnectionSettings:
+        password = self._password(args)
+        if args.auth == "iam":
+            password = _iam_token(str(args.host), int(str(args.port)), str(args.user), args.region or "")
+        return ConnectionSettings(
+            host=str(args.host),
+            port=int(str(args.port)),
+            dbname=str(args.database),
+            user=str(args.user),
+            password=password,
+            sslmode=args.sslmode,
+            connect_timeout=args.connect_timeout,
+            application_name="wishlist-pulumi",
+        )
+
+    def engine(self, args: SchemaMigrationArgs, props: dict[str, Any]) -> Engine:
+        return Engine(self.settings(args), load_set(args, props), args.options, gate=gate_from(props.get("gate")), progress=_log)
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
@@ -196,25 +187,30 @@ class SchemaMigrationProvider(ResourceProvider):
             raise _fail(
                 ChecksumMismatch(f"{tampered} was edited after it was applied.", "revert the file and add a new migration instead.")
             )
-        inputs_changed = any(olds.get(k) != news.get(k) for k in INPUT_KEYS)
+        inputs_changed = any(olds.get(k) != news.get(k) for k in input_keys())
+        args = SchemaMigrationArgs.from_props(news)
         try:
-            engine = engine_for(news)
-            plan, report = engine.observe(news.get("target_version") or "latest")
+            engine = self.engine(args, news)
+            plan, report = engine.observe(parse_target(engine.mset, args.target_version))
         except ConnectFailed as exc:
             _log(f"database not reachable during preview ({exc.problem}); diff judged from stack state only")
+            target = int(args.target_version or 0)
             applied = {r["version"] for r in olds.get("applied") or []}
-            pending = [m["version"] for m in news.get("migrations") or [] if m["version"] not in applied]
+            pending = [m["version"] for m in news.get("migrations") or [] if m["version"] not in applied and int(m["version"]) <= target]
             return DiffResult(changes=inputs_changed or bool(pending))
         except MigrationError as exc:
             raise _fail(exc) from None
         if engine.gate is not None and plan.steps:
             _log(engine.gate.describe(*engine.gate.split(plan.steps)))
         for finding in plan.findings:
-            _log(f"lint {'refused' if engine.strict_lint and not finding.acknowledged else 'warning'}: {finding.describe()}")
+            _log(f"lint {'refused' if args.options.strict_lint and not finding.acknowledged else 'warning'}: {finding.describe()}")
         if plan.steps:
             _log(
-                f"{'pending' if plan.steps[0].direction == 'up' else 'rollback'}: "
-                + ", ".join(f"{s.direction} {s.migration.label}" for s in plan.steps)
+                "plan: "
+                + ", ".join(
+                    f"{s.direction} {s.migration.label}" + (f" (resumes at statement {s.resume_from + 1})" if s.resuming else "")
+                    for s in plan.steps
+                )
             )
         drift = list(report.differences) if plan.current is not None else []
         for d in drift:
@@ -224,72 +220,99 @@ class SchemaMigrationProvider(ResourceProvider):
         )
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        outs = self._apply(props)
-        return CreateResult(id_=f"{props.get('stack') or 'cli'}:{outs['database_identity']}", outs=outs)
+        # A fresh id per creation: the ledger records it as the owning resource, so deleting the old copy of a
+        # renamed resource (created under another id) drops nothing.
+        id_ = f"{props.get('stack') or 'cli'}:{uuid.uuid4().hex[:12]}"
+        return CreateResult(id_=id_, outs=self._apply(props, id_))
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(outs=self._apply(news))
+    def update(self, id_: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self._apply(news, id_))
 
-    def _apply(self, props: dict[str, Any]) -> dict[str, Any]:
+    def _apply(self, props: dict[str, Any], id_: str) -> dict[str, Any]:
+        args = SchemaMigrationArgs.from_props(props)
         try:
-            engine = engine_for(props)
-            target = engine.mset.resolve_target(props.get("target_version") or "latest")
-            plan = engine.plan(target or "0")
-            if plan.steps and plan.steps[0].direction == "down":
-                if not props.get("allow_rollback"):
-                    raise MigrationError(
-                        f"target version {target or 'none'} is below the applied version {plan.current}: that is a rollback, "
-                        "which destroys data and is not allowed for this stack.",
-                        "set `allowRollback: true` under wishlist:migrations for this stack if that is really intended.",
-                    )
-                result = engine.rollback(target or "0")
-            else:
-                result = engine.apply(target or "0")
+            engine = self.engine(args, props)
+            result = engine.migrate_to(
+                parse_target(engine.mset, args.target_version),
+                allow_rollback=args.allow_rollback,
+                expected_fingerprint=props.get("expected_fingerprint"),
+                owner_id=id_,
+            )
         except MigrationError as exc:
             raise _fail(exc) from None
         return _outputs(props, result)
 
-    def delete(self, _id: str, props: dict[str, Any]) -> None:
-        if not props.get("allow_rollback"):
-            _log("allow_rollback is off: the schema and the ledger stay in the database (nothing was dropped)")
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        args = SchemaMigrationArgs.from_props(props)
+        if not args.destroy_drops_schema:
+            _log("destroyDropsSchema is off: the schema and the ledger stay in the database (nothing was dropped)")
             return
         try:
-            engine_for(props, migset.load(Path(str(props["set_dir"])))).rollback("0")
+            self.engine(args, props).tear_down(id_)
         except MigrationError as exc:
             raise _fail(exc) from None
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        if not props.get("set_dir"):
+            raise _fail(
+                MigrationError(
+                    f"a SchemaMigration cannot be imported from its id ({id_}): the id does not say which migration set, "
+                    "database and credentials it uses.",
+                    "adopt the existing schema with `python -m components.migrate adopt VERSION --stack STACK` "
+                    "(docs/runbook.md), then run `pulumi up`: the resource is created and finds nothing to apply.",
+                )
+            )
+        args = SchemaMigrationArgs.from_props(props)
         try:
-            engine = engine_for(props, migset.load(Path(str(props["set_dir"]))))
+            engine = self.engine(args, props)
             plan, report = engine.observe(engine.mset.latest)
         except MigrationError as exc:
             raise _fail(exc) from None
-        result = RunResult(plan.current, [], report.fingerprint, plan.ledger)
-        outs = _outputs(props, result, list(report.differences))
-        return ReadResult(id_=id_, outs=outs, inputs={k: props.get(k) for k in INPUT_KEYS})
+        outs = _outputs(props, RunResult(plan.current, [], report.fingerprint, plan.ledger), [d.describe() for d in report.differences])
+        return ReadResult(id_=id_, outs=outs, inputs={k: props.get(k) for k in input_keys()})
 
 
-@dataclass(frozen=True)
-class SchemaMigrationArgs:
-    host: pulumi.Input[str]
-    port: pulumi.Input[int]
-    database: pulumi.Input[str]
-    user: pulumi.Input[str]
-    password: pulumi.Input[str] | None
-    set_dir: str
-    stack: str
-    sslmode: str = "require"
-    auth: str = "password"
-    region: str | None = None
-    target_version: str = "latest"
-    allow_rollback: bool = False
-    ledger_schema: str = "migration_ledger"
-    lock_timeout_ms: int = 60_000
-    statement_timeout_ms: int = 0
-    strict_lint: bool = False
-    gate_stack: str | None = None
-    gate_applied: pulumi.Input[Any] | None = None  # the gate stack's applied_migrations output
-    connect_timeout: int = 10
+def load_set(args: SchemaMigrationArgs, props: dict[str, Any]) -> migset.MigrationSet:
+    """The set on disk, which must be exactly what the program saw (what was previewed is what runs)."""
+    mset = migset.load(Path(args.set_dir))
+    declared = {m["version"]: m["checksum"] for m in props.get("migrations") or []}
+    on_disk = {m.version: m.checksum for m in mset.migrations}
+    if declared and declared != on_disk:
+        changed = sorted(v for v in set(declared) | set(on_disk) if declared.get(v) != on_disk.get(v))
+        raise ChecksumMismatch(
+            f"the migration set {args.set_dir} changed on disk since the program read it (versions {', '.join(changed)}).",
+            "run `pulumi preview` again and review the new plan.",
+        )
+    return mset
+
+
+def _iam_token(host: str, port: int, user: str, region: str) -> str:
+    """A 15-minute RDS IAM auth token, signed locally with the ambient AWS credentials."""
+    import boto3  # type: ignore[import-untyped]
+    from botocore.exceptions import BotoCoreError, NoCredentialsError  # type: ignore[import-untyped]
+
+    try:
+        return str(boto3.client("rds", region_name=region or None).generate_db_auth_token(DBHostname=host, Port=port, DBUsername=user))
+    except NoCredentialsError:
+        raise ConnectFailed(
+            f"no AWS credentials to sign an IAM token for {user}@{host}:{port}.",
+            "export AWS credentials (AWS_PROFILE, or the pipeline's role) with rds-db:connect on this user, then run again.",
+        ) from None
+    except BotoCoreError as exc:
+        raise ConnectFailed(f"cannot sign an IAM token for {user}@{host}:{port}: {exc}.", "check the AWS region and credentials.") from None
+
+
+def _outputs(props: dict[str, Any], result: RunResult, drift: list[str] | None = None) -> dict[str, Any]:
+    state = result.ledger
+    applied = [] if state is None else [{"version": r.version, "checksum": r.checksum} for r in state.rows if r.status == "applied"]
+    return {
+        **{k: props.get(k) for k in input_keys()},
+        "applied_version": result.current,
+        "applied": applied,
+        "fingerprint": result.fingerprint,
+        "drift": drift or [],
+        "database_identity": None if state is None else state.identity,
+    }
 
 
 class SchemaMigration(Resource, module="db", name="SchemaMigration"):
@@ -305,30 +328,5 @@ class SchemaMigration(Resource, module="db", name="SchemaMigration"):
 
     def __init__(self, name: str, args: SchemaMigrationArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         mset = migset.load(Path(args.set_dir))  # a malformed or edited set fails here, at preview, naming the file
-        target = mset.resolve_target(args.target_version)
-        expected = mset.get(target).fingerprint if target else None
-        props: dict[str, Any] = {
-            "host": args.host,
-            "port": args.port,
-            "database": args.database,
-            "user": args.user,
-            "password": None if args.password is None else pulumi.Output.secret(args.password),
-            "sslmode": args.sslmode,
-            "connect_timeout": args.connect_timeout,
-            "auth": args.auth,
-            "region": args.region,
-            "set_dir": args.set_dir,
-            "migrations": mset.manifest(),
-            "target_version": target or "0",
-            "expected_fingerprint": expected,
-            "allow_rollback": args.allow_rollback,
-            "stack": args.stack,
-            "ledger_schema": args.ledger_schema,
-            "lock_timeout_ms": args.lock_timeout_ms,
-            "statement_timeout_ms": args.statement_timeout_ms,
-            "strict_lint": args.strict_lint,
-            "gate": None if args.gate_stack is None else {"stack": args.gate_stack, "applied": args.gate_applied},
-            **{k: None for k in OUTPUT_KEYS},
-        }
-        secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["password"])
-        super().__init__(SchemaMigrationProvider(), name, props, pulumi.ResourceOptions.merge(secret_opts, opts))
+        props = {**args.to_props(mset), **{k: None for k in OUTPUT_KEYS}}
+        super().__init__(SchemaMigrationProvider(), name, props, opts)

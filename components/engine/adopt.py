@@ -8,12 +8,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import SetError
+from psycopg import sql
+
+from . import catalog as cat
+from .errors import MigrationError, SetError, VerifyFailed
+from .guards import advisory_key, migration_lock, preflight
+from .runner import whoami
 
 if TYPE_CHECKING:
     import psycopg
 
-DRIZZLE_TABLE = "drizzle.__drizzle_migrations"
+    from .engine import Engine, RunResult
+
+DRIZZLE_SCHEMA, DRIZZLE_LEDGER = "drizzle", "__drizzle_migrations"
+DRIZZLE_TABLE = f"{DRIZZLE_SCHEMA}.{DRIZZLE_LEDGER}"
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ def check_drizzle(conn: psycopg.Connection[Any], directory: Path) -> DrizzleChec
 
     files = drizzle_hashes(directory)
     try:
-        rows = conn.execute(f"SELECT hash FROM {DRIZZLE_TABLE} ORDER BY id").fetchall()
+        rows = conn.execute(sql.SQL("SELECT hash FROM {} ORDER BY id").format(sql.Identifier(DRIZZLE_SCHEMA, DRIZZLE_LEDGER))).fetchall()
     except psycopg.errors.UndefinedTable:
         return DrizzleCheck(0, len(files), (f"{DRIZZLE_TABLE} does not exist: this database was not migrated by drizzle-kit",))
     recorded = [str(r[0]) for r in rows]
@@ -60,3 +68,60 @@ def check_drizzle(conn: psycopg.Connection[Any], directory: Path) -> DrizzleChec
     ]
     problems += [f"{tag}.sql is not recorded in {DRIZZLE_TABLE} (never applied?)" for tag, h in files.items() if h not in set(recorded)]
     return DrizzleCheck(len(recorded), len(files), tuple(problems))
+
+
+def adopt(engine: Engine, version: str | None, drizzle_dir: Path | None = None) -> RunResult:
+    """Record versions up to `version` as applied without running them, if the live schema is exactly their snapshot."""
+    from .engine import RunResult
+
+    if version is None:
+        raise MigrationError("adopt needs a version to adopt (e.g. 0007).", "name the version whose snapshot the database matches.")
+    mset = engine.mset
+    with engine.connect() as conn:
+        state = engine.read_state(conn)
+        if state.rows:
+            raise MigrationError(
+                f"{state.database} already has applied versions ({', '.join(r.version for r in state.rows)}): nothing to adopt.",
+                "use `apply`; adopt is for a database that has the schema but no ledger.",
+            )
+        problems: list[str] = []
+        if drizzle_dir is not None:
+            problems += check_drizzle(conn, drizzle_dir).problems
+        live = cat.introspect(conn, mset.schema)
+        problems += [d.describe() for d in cat.compare(mset.expected_catalog(version), live)]
+        if problems:
+            raise VerifyFailed(
+                f"{state.database} cannot be adopted at {version}; nothing was recorded: " + "; ".join(problems) + ".",
+                "make the database match (or pick the version it matches), then adopt again.",
+            )
+        preflight(conn, engine.settings, mset.schema, engine.ledger.schema)
+        with migration_lock(
+            conn,
+            advisory_key(mset.name),
+            wait_ms=engine.options.lock_wait_ms,
+            set_name=mset.name,
+            where=engine.settings.describe(),
+            progress=engine.progress,
+        ):
+            engine.ledger.ensure(conn)
+            state = engine.read_state(conn)
+            result = RunResult(None)
+            stack = engine.options.stack
+            with conn.transaction():
+                if stack is not None and state.owner is None:
+                    engine.ledger.claim(conn, stack, state.system_identifier, state.database)
+                for m in mset.up_to(version):
+                    engine.ledger.record(
+                        conn,
+                        version=m.version,
+                        name=m.name,
+                        checksum=m.checksum,
+                        applied_by=f"{engine.settings.user} ({whoami()}, adopted)",
+                        duration_ms=0,
+                        stack=stack,
+                        database_identity=state.identity,
+                        fingerprint=cat.fingerprint(live),
+                    )
+                    result.ran.append({"version": m.version, "name": m.name, "direction": "adopt", "duration_ms": 0})
+            result.current, result.fingerprint, result.ledger = version, cat.fingerprint(live), engine.ledger.read(conn)
+            return result

@@ -20,7 +20,7 @@ class SetError(MigrationError):
     code = "bad-migration-set"
 
 
-class ChecksumMismatch(MigrationError):
+class ChecksumMismatch(SetError):
     """A file differs from the journal, or an applied file differs from the ledger."""
 
     code = "checksum-mismatch"
@@ -88,3 +88,9 @@ class LintRefused(MigrationError):
 
 class PromotionBlocked(MigrationError):
     code = "promotion-blocked"
+
+
+class RollbackRefused(MigrationError):
+    """The target is below the applied version and the caller did not allow a rollback."""
+
+    code = "rollback-refused"

@@ -12,8 +12,9 @@ if TYPE_CHECKING:
     import psycopg
 
 DEFAULT_LEDGER_SCHEMA = "migration_ledger"
-STARTED = "started"  # a non-transactional migration that has not finished
+STARTED = "started"  # a non-transactional migration that has not finished (up or down)
 APPLIED = "applied"
+LEDGER_FORMAT = 2  # 2: progress of a run outside a transaction (statements_done, done_digest, direction); owner.resource_id
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class LedgerRow:
     database_identity: str
     fingerprint: str | None
     status: str
+    statements_done: int = 0  # outside a transaction: statements that completed (and stay committed)
+    done_digest: str | None = None  # sha256 of those statements' text, so an edited file can still resume safely
+    direction: str = "up"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -39,6 +43,7 @@ class Owner:
     system_identifier: str
     database: str
     claimed_at: str
+    resource_id: str | None = None  # the Pulumi resource that owns the schema (a renamed resource's old copy does not)
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class LedgerState:
     owner: Owner | None
     system_identifier: str
     database: str
+    format: int = LEDGER_FORMAT
+    other_sets: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()  # (set name, ((version, checksum), ...))
 
     @property
     def applied(self) -> dict[str, LedgerRow]:
@@ -67,6 +74,24 @@ class LedgerState:
         return f"{self.database}@{self.system_identifier}"
 
 
+def _row(raw: dict[str, Any]) -> LedgerRow:
+    return LedgerRow(
+        version=str(raw["version"]),
+        name=str(raw["name"]),
+        checksum=str(raw["checksum"]),
+        applied_at=str(raw["applied_at"]).replace("T", " "),
+        applied_by=str(raw["applied_by"]),
+        duration_ms=int(raw["duration_ms"]),
+        stack=raw.get("stack"),
+        database_identity=str(raw["database_identity"]),
+        fingerprint=raw.get("fingerprint"),
+        status=str(raw["status"]),
+        statements_done=int(raw.get("statements_done") or 0),
+        done_digest=raw.get("done_digest"),
+        direction=str(raw.get("direction") or "up"),
+    )
+
+
 class Ledger:
     """SQL for the ledger tables; every identifier goes through psycopg.sql."""
 
@@ -82,19 +107,23 @@ class Ledger:
         """Ledger rows, owner and server identity in one round trip (two when the ledger does not exist yet)."""
         import psycopg
 
+        # to_jsonb(a) reads whatever columns exist, so a ledger of an older format still reads (and is upgraded later).
         query = sql.SQL(
             "SELECT json_build_object("
-            " 'rows', (SELECT coalesce(json_agg(json_build_array(version, name, checksum, applied_at::text, applied_by,"
-            "   duration_ms, stack, database_identity, fingerprint, status) ORDER BY version::bigint), '[]')"
-            "   FROM {applied} WHERE set_name = %(set)s),"
-            " 'owner', (SELECT json_build_array(stack, system_identifier, database, claimed_at::text)"
-            "   FROM {owner} WHERE set_name = %(set)s),"
+            " 'rows', (SELECT coalesce(json_agg(to_jsonb(a) ORDER BY a.version::bigint), '[]') FROM {applied} a WHERE set_name = %(set)s),"
+            " 'owner', (SELECT to_jsonb(o) FROM {owner} o WHERE set_name = %(set)s),"
+            " 'others', (SELECT coalesce(json_agg(json_build_array(set_name, v)), '[]') FROM (SELECT set_name,"
+            "   json_agg(json_build_array(version, checksum) ORDER BY version::bigint) AS v FROM {applied}"
+            "   WHERE set_name <> %(set)s AND status = 'applied' GROUP BY set_name) o),"
+            " 'format', (SELECT count(*) FROM pg_catalog.pg_attribute WHERE attrelid IN (%(table)s::regclass, %(owner)s::regclass)"
+            "   AND attname IN ('statements_done', 'done_digest', 'direction', 'resource_id') AND NOT attisdropped),"
             " 'sysid', (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),"
             " 'db', current_database())"
         ).format(applied=self._t("applied"), owner=self._t("owner"))
+        table, owner_table = self._t("applied").as_string(conn), self._t("owner").as_string(conn)
         try:
             with conn.transaction() if not conn.autocommit else nullcontext():  # a savepoint inside a transaction
-                row = conn.execute(query, {"set": self.set_name}).fetchone()
+                row = conn.execute(query, {"set": self.set_name, "table": table, "owner": owner_table}).fetchone()
         except psycopg.errors.UndefinedTable:
             row = conn.execute(
                 "SELECT json_build_object('rows', '[]'::json, 'owner', NULL,"
@@ -105,9 +134,12 @@ class Ledger:
             return LedgerState(False, (), None, data["sysid"], data["db"])
         assert row is not None
         data = row[0]
-        rows = tuple(LedgerRow(*r) for r in data["rows"])
-        owner = Owner(*data["owner"]) if data["owner"] else None
-        return LedgerState(True, rows, owner, data["sysid"], data["db"])
+        rows = tuple(_row(r) for r in data["rows"])
+        o = data["owner"]
+        owner = Owner(o["stack"], o["system_identifier"], o["database"], str(o["claimed_at"]), o.get("resource_id")) if o else None
+        others = tuple((str(name), tuple((str(v), str(c)) for v, c in versions)) for name, versions in data["others"])
+        fmt = LEDGER_FORMAT if data["format"] == 4 else 1
+        return LedgerState(True, rows, owner, data["sysid"], data["db"], fmt, others)
 
     def ensure(self, conn: psycopg.Connection[Any]) -> None:
         """Create the ledger schema and tables if missing (idempotent)."""
@@ -124,7 +156,10 @@ class Ledger:
                 " PRIMARY KEY (set_name, version));"
                 "CREATE TABLE IF NOT EXISTS {owner} ("
                 " set_name text PRIMARY KEY, stack text NOT NULL, system_identifier text NOT NULL,"
-                " database text NOT NULL, claimed_at timestamptz NOT NULL DEFAULT now())"
+                " database text NOT NULL, claimed_at timestamptz NOT NULL DEFAULT now());"
+                "ALTER TABLE {applied} ADD COLUMN IF NOT EXISTS statements_done integer NOT NULL DEFAULT 0,"
+                " ADD COLUMN IF NOT EXISTS done_digest text, ADD COLUMN IF NOT EXISTS direction text NOT NULL DEFAULT 'up';"
+                "ALTER TABLE {owner} ADD COLUMN IF NOT EXISTS resource_id text"
             ).format(applied=self._t("applied"), owner=self._t("owner"))
         )
 
@@ -141,27 +176,57 @@ class Ledger:
         database_identity: str,
         fingerprint: str | None,
         status: str = APPLIED,
+        statements_done: int = 0,
+        done_digest: str | None = None,
+        direction: str = "up",
     ) -> None:
         conn.execute(
             sql.SQL(
-                "INSERT INTO {} (set_name, version, name, checksum, applied_by, duration_ms, stack, database_identity, fingerprint, status)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                "INSERT INTO {} (set_name, version, name, checksum, applied_by, duration_ms, stack, database_identity, fingerprint, status,"
+                " statements_done, done_digest, direction)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (set_name, version) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now(),"
                 " applied_by = EXCLUDED.applied_by, duration_ms = EXCLUDED.duration_ms, fingerprint = EXCLUDED.fingerprint,"
-                " status = EXCLUDED.status"
+                " status = EXCLUDED.status, statements_done = EXCLUDED.statements_done, done_digest = EXCLUDED.done_digest,"
+                " direction = EXCLUDED.direction"
             ).format(self._t("applied")),
-            (self.set_name, version, name, checksum, applied_by, duration_ms, stack, database_identity, fingerprint, status),
+            (
+                self.set_name,
+                version,
+                name,
+                checksum,
+                applied_by,
+                duration_ms,
+                stack,
+                database_identity,
+                fingerprint,
+                status,
+                statements_done,
+                done_digest,
+                direction,
+            ),
+        )
+
+    def progress(self, conn: psycopg.Connection[Any], version: str, statements_done: int, done_digest: str) -> None:
+        """After each statement of a run outside a transaction: how far it got (committed with the statement's effect)."""
+        conn.execute(
+            sql.SQL("UPDATE {} SET statements_done = %s, done_digest = %s WHERE set_name = %s AND version = %s").format(self._t("applied")),
+            (statements_done, done_digest, self.set_name, version),
         )
 
     def forget(self, conn: psycopg.Connection[Any], version: str) -> None:
         conn.execute(sql.SQL("DELETE FROM {} WHERE set_name = %s AND version = %s").format(self._t("applied")), (self.set_name, version))
 
-    def claim(self, conn: psycopg.Connection[Any], stack: str, system_identifier: str, database: str) -> None:
+    def claim(
+        self, conn: psycopg.Connection[Any], stack: str, system_identifier: str, database: str, resource_id: str | None = None
+    ) -> None:
+        """Record the owning stack (once) and the owning resource (the newest creator takes it over)."""
         conn.execute(
             sql.SQL(
-                "INSERT INTO {} (set_name, stack, system_identifier, database) VALUES (%s, %s, %s, %s) ON CONFLICT (set_name) DO NOTHING"
-            ).format(self._t("owner")),
-            (self.set_name, stack, system_identifier, database),
+                "INSERT INTO {} (set_name, stack, system_identifier, database, resource_id) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (set_name) DO UPDATE SET resource_id = coalesce(EXCLUDED.resource_id, {}.resource_id)"
+            ).format(self._t("owner"), self._t("owner")),
+            (self.set_name, stack, system_identifier, database, resource_id),
         )
 
     def release(self, conn: psycopg.Connection[Any]) -> None:

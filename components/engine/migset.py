@@ -36,6 +36,7 @@ class Migration:
     down_checksum: str | None
     markers: dict[str, list[str]] = field(default_factory=dict)
     snapshot: Catalog | None = None
+    down_markers: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -44,6 +45,13 @@ class Migration:
     @property
     def transactional(self) -> bool:
         return NO_TRANSACTION not in self.markers
+
+    @property
+    def down_transactional(self) -> bool:
+        return NO_TRANSACTION not in self.down_markers
+
+    def runs_in_transaction(self, direction: str) -> bool:
+        return self.transactional if direction == "up" else self.down_transactional
 
     @property
     def acknowledged(self) -> frozenset[str]:
@@ -84,15 +92,6 @@ class MigrationSet:
             f"version {version!r} is not in the migration set {self.directory} (known: {', '.join(self.versions) or 'none'}).",
             "name one of the known versions, or 0 for 'before the first migration'.",
         )
-
-    def resolve_target(self, target: str | None) -> str | None:
-        """None/'latest' -> latest version; '0'/'none' -> None (nothing applied); else an existing version."""
-        if target in (None, "", "latest"):
-            return self.latest
-        assert target is not None
-        if target in ("0", "none", "zero"):
-            return None
-        return self.get(target.zfill(4) if target.isdigit() and len(target) < 4 else target).version
 
     def up_to(self, target: str | None) -> list[Migration]:
         return [] if target is None else [m for m in self.migrations if int(m.version) <= int(target)]
@@ -192,6 +191,39 @@ def _check_order(entries: list[Any], journal_path: Path, directory: Path) -> Non
         previous = int(version)
 
 
+def _load_snapshot(path: Path, entry: dict[str, Any], set_dir: Path) -> Catalog:
+    """A snapshot whose bytes match the journal's sha256 and whose stored fingerprint matches its catalog."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SetError(f"snapshot {path} is missing.", SNAPSHOT_HINT.format(set_dir=set_dir)) from None
+    recorded = (entry.get("snapshot") or {}).get("sha256")
+    if recorded is None:
+        raise SetError(
+            f"journal entry {entry['version']} has no snapshot.sha256: the journal predates snapshot checksums.",
+            SNAPSHOT_HINT.format(set_dir=set_dir),
+        )
+    if sha256_hex(data) != recorded:
+        raise ChecksumMismatch(
+            f"{path} was changed after the journal was written (sha256 {sha256_hex(data)[:12]} != journal {str(recorded)[:12]}): "
+            "what was reviewed is not what would run.",
+            "restore it from git (git checkout), or " + SNAPSHOT_HINT.format(set_dir=set_dir),
+        )
+    try:
+        snap = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SetError(f"snapshot {path} is not valid JSON ({exc}).", SNAPSHOT_HINT.format(set_dir=set_dir)) from None
+    if not (isinstance(snap, dict) and isinstance(snap.get("catalog"), dict)):
+        raise SetError(f"snapshot {path} is malformed: no 'catalog' object.", SNAPSHOT_HINT.format(set_dir=set_dir))
+    catalog: Catalog = snap["catalog"]
+    if snap.get("fingerprint") != fingerprint(catalog):
+        raise ChecksumMismatch(
+            f"snapshot {path} says fingerprint {str(snap.get('fingerprint'))[:12]} but its catalog hashes to {fingerprint(catalog)[:12]}.",
+            "restore it from git, or " + SNAPSHOT_HINT.format(set_dir=set_dir),
+        )
+    return catalog
+
+
 def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationSet:
     """Load and check a set: every file must match the journal, every journal entry must have its file."""
     directory = Path(directory)
@@ -242,10 +274,7 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
         snapshot: Catalog | None = None
         snap_path = meta / f"{version}_snapshot.json"
         if snap_path.exists() or require_snapshots:
-            snap = _read_json(snap_path, "snapshot", directory)
-            if not (isinstance(snap, dict) and isinstance(snap.get("catalog"), dict)):
-                raise SetError(f"snapshot {snap_path} is malformed: no 'catalog' object.", SNAPSHOT_HINT.format(set_dir=directory))
-            snapshot = snap["catalog"]
+            snapshot = _load_snapshot(snap_path, entry, directory)
         up_sql = up_bytes.decode()
         migrations.append(
             Migration(
@@ -259,17 +288,35 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
                 down_checksum=down_checksum,
                 markers=header_markers(up_sql),
                 snapshot=snapshot,
+                down_markers=header_markers(down_sql or ""),
             )
         )
     if files:
         stray = ", ".join(f.up.name for f in files.values())
         raise SetError(f"{stray} in {directory} is not in the journal.", SNAPSHOT_HINT.format(set_dir=directory))
-    return MigrationSet(directory=directory, name=str(journal.get("set") or directory.name), schema=schema, migrations=tuple(migrations))
+    set_name = journal.get("set")
+    _require(
+        isinstance(set_name, str) and bool(set_name),
+        journal_path,
+        "'set' (the set's name: its identity in the ledger) is missing",
+        directory,
+    )
+    return MigrationSet(directory=directory, name=str(set_name), schema=schema, migrations=tuple(migrations))
+
+
+def set_name_of(directory: Path) -> str:
+    """The set's name from its journal (its identity in the ledger); a new set takes its directory's name once."""
+    try:
+        name = json.loads((directory / "meta" / "_journal.json").read_text()).get("set")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return name if isinstance(name, str) and name else directory.name
 
 
 def write_meta(directory: Path, schema: str, snapshots: dict[str, Catalog]) -> Path:
     """Write the journal and one snapshot per version (used by the `snapshot` command)."""
     meta = directory / "meta"
+    set_name = set_name_of(directory)
     meta.mkdir(parents=True, exist_ok=True)
     entries = []
     for f in scan(directory):
@@ -280,15 +327,17 @@ def write_meta(directory: Path, schema: str, snapshots: dict[str, Catalog]) -> P
             "down": None if f.down is None else {"file": f.down.name, "sha256": sha256_hex(f.down.read_bytes())},
             "transactional": NO_TRANSACTION not in header_markers(f.up.read_text()),
         }
-        entries.append(entry)
         snap = snapshots[f.version]
-        (meta / f"{f.version}_snapshot.json").write_text(
+        snap_bytes = (
             json.dumps(
                 {"version": f.version, "schema": schema, "fingerprint": fingerprint(snap), "catalog": snap}, indent=2, sort_keys=True
             )
             + "\n"
-        )
-    journal = {"format": JOURNAL_FORMAT, "set": directory.name, "schema": schema, "entries": entries}
+        ).encode()
+        (meta / f"{f.version}_snapshot.json").write_bytes(snap_bytes)
+        entry["snapshot"] = {"file": f"{f.version}_snapshot.json", "sha256": sha256_hex(snap_bytes)}
+        entries.append(entry)
+    journal = {"format": JOURNAL_FORMAT, "set": set_name, "schema": schema, "entries": entries}
     path = meta / "_journal.json"
     path.write_text(json.dumps(journal, indent=2) + "\n")
     return path

@@ -22,6 +22,7 @@ from components.engine import migset
 from components.engine.connection import ConnectionSettings
 from components.engine.engine import Engine
 from components.engine.errors import ConnectFailed, MigrationError, NotWritable, SetError, UnknownVersion
+from components.engine.options import RunOptions
 from devtools import localpg
 from tests.conftest import REPO
 from tests.integration.reliability import record
@@ -69,7 +70,11 @@ def test_missing_down_file_when_rollback_is_asked(fresh_db: ConnectionSettings, 
     [
         ("malformed journal (not JSON)", lambda s: (s / "meta/_journal.json").write_text("{oops"), r"_journal\.json is not valid JSON"),
         ("malformed journal (no entries)", lambda s: _write_journal(s, {"format": 1, "schema": "public"}), "'entries' is not a list"),
-        ("malformed snapshot", lambda s: (s / "meta/0007_snapshot.json").write_text('{"version": "0007"}'), "no 'catalog' object"),
+        (
+            "edited snapshot",
+            lambda s: (s / "meta/0007_snapshot.json").write_text('{"version": "0007"}'),
+            r"0007_snapshot\.json was changed after the journal was written",
+        ),
         (
             "journal with a duplicate version",
             lambda s: _write_journal(s, {**_journal(s), "entries": _journal(s)["entries"] * 2}),
@@ -155,7 +160,7 @@ def test_server_that_never_answers_is_bounded_by_connect_timeout(silent_listener
     settings = ConnectionSettings(port=silent_listener, dbname="x", user="x", password="n0t-sent-anyway", connect_timeout=2)
     started = time.monotonic()
     with pytest.raises(ConnectFailed, match="cannot connect") as err:
-        Engine(settings, migset.load(set_copy)).plan()
+        Engine(settings, migset.load(set_copy)).plan("0007")
     elapsed = time.monotonic() - started
     assert elapsed < 15, elapsed  # bounded by connect_timeout (libpq may try twice), not hanging
     record("bad input: server accepts and never answers", f"ConnectFailed after {elapsed:.1f} s (connect_timeout 2 s)", survived=True)
@@ -190,7 +195,7 @@ def test_identifiers_with_quotes_and_sql_are_quoted_not_executed(fresh_db: Conne
     nasty = 'ledger"; DROP TABLE canary_s.canary; --'
     with fresh_db.connect() as conn:
         conn.execute("CREATE SCHEMA canary_s; CREATE TABLE canary_s.canary (id int)")
-    engine = Engine(fresh_db, migset.load(set_copy), ledger_schema=nasty, stack="o'brien\"; DROP TABLE canary_s.canary; --")
+    engine = Engine(fresh_db, migset.load(set_copy), RunOptions(ledger_schema=nasty, stack="o'brien\"; DROP TABLE canary_s.canary; --"))
     engine.apply()
     assert q(
         fresh_db, "SELECT to_regclass('canary_s.canary') IS NOT NULL, (SELECT count(*) FROM pg_namespace WHERE nspname = %s)", (nasty,)

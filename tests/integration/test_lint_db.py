@@ -10,6 +10,7 @@ from components.engine import migset
 from components.engine.connection import ConnectionSettings
 from components.engine.engine import Engine
 from components.engine.errors import LintRefused
+from components.engine.options import RunOptions
 from components.engine.snapshot import generate
 from tests.integration.test_wish2007 import ledger_rows
 
@@ -27,10 +28,10 @@ def test_plain_index_on_a_table_with_rows_is_refused_in_strict_mode(
     fresh_db: ConnectionSettings, admin: ConnectionSettings, set_copy: Path
 ) -> None:
     _setup(fresh_db, admin, set_copy, "CREATE INDEX idx_title ON wishlist_items (title);\n", rows=True)
-    plan = Engine(fresh_db, migset.load(set_copy)).plan()
+    plan = Engine(fresh_db, migset.load(set_copy)).plan("0008")
     assert [f.rule for f in plan.findings] == ["index-without-concurrently"]
     with pytest.raises(LintRefused, match="index-without-concurrently"):
-        Engine(fresh_db, migset.load(set_copy), strict_lint=True).apply()
+        Engine(fresh_db, migset.load(set_copy), RunOptions(strict_lint=True)).apply()
     assert [r[0] for r in ledger_rows(fresh_db)] == ["0007"]
     # Outside prod it is a warning, and the apply goes ahead.
     assert [r["version"] for r in Engine(fresh_db, migset.load(set_copy)).apply().ran] == ["0008"]
@@ -44,21 +45,21 @@ def test_acknowledged_finding_is_applied_in_strict_mode(fresh_db: ConnectionSett
         "-- migrate:allow index-without-concurrently\nCREATE INDEX idx_title ON wishlist_items (title);\n",
         rows=True,
     )
-    assert [r["version"] for r in Engine(fresh_db, migset.load(set_copy), strict_lint=True).apply().ran] == ["0008"]
+    assert [r["version"] for r in Engine(fresh_db, migset.load(set_copy), RunOptions(strict_lint=True)).apply().ran] == ["0008"]
 
 
 def test_empty_table_is_not_flagged(fresh_db: ConnectionSettings, admin: ConnectionSettings, set_copy: Path) -> None:
     _setup(fresh_db, admin, set_copy, "CREATE INDEX idx_title ON wishlist_items (title);\n", rows=False)
-    assert Engine(fresh_db, migset.load(set_copy)).plan().findings == ()
-    assert [r["version"] for r in Engine(fresh_db, migset.load(set_copy), strict_lint=True).apply().ran] == ["0008"]
+    assert Engine(fresh_db, migset.load(set_copy)).plan("0008").findings == ()
+    assert [r["version"] for r in Engine(fresh_db, migset.load(set_copy), RunOptions(strict_lint=True)).apply().ran] == ["0008"]
 
 
 def test_concurrent_index_in_a_non_transactional_file(fresh_db: ConnectionSettings, admin: ConnectionSettings, set_copy: Path) -> None:
     _setup(
         fresh_db, admin, set_copy, "-- migrate:no-transaction\nCREATE INDEX CONCURRENTLY idx_title ON wishlist_items (title);\n", rows=True
     )
-    engine = Engine(fresh_db, migset.load(set_copy), strict_lint=True)
-    assert engine.plan().findings == ()
+    engine = Engine(fresh_db, migset.load(set_copy), RunOptions(strict_lint=True))
+    assert engine.plan("0008").findings == ()
     assert [r["version"] for r in engine.apply().ran] == ["0008"]
     assert engine.verify().ok
     assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008"]

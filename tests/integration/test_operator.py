@@ -10,9 +10,12 @@ import pytest
 from psycopg import sql
 
 from components.engine import migset
+from components.engine.adopt import adopt
 from components.engine.connection import ConnectionSettings
-from components.engine.engine import Engine, Gate
+from components.engine.engine import Engine
 from components.engine.errors import PromotionBlocked, VerifyFailed, WrongDatabase
+from components.engine.options import RunOptions
+from components.engine.planner import Gate
 from tests.conftest import APP_SET
 from tests.integration.test_wish2007 import ledger_rows, q
 
@@ -31,12 +34,12 @@ def second_db(admin: ConnectionSettings) -> ConnectionSettings:
 def test_promotion_gate_blocks_until_staging_has_the_version(fresh_db: ConnectionSettings, second_db: ConnectionSettings) -> None:
     staging, prod = fresh_db, second_db
     mset = migset.load(APP_SET)
-    staging_engine = Engine(staging, mset, stack="wishlist-infra/staging")
+    staging_engine = Engine(staging, mset, RunOptions(stack="wishlist-infra/staging"))
     # Staging has nothing yet: prod is refused, naming the stack to apply first, and nothing is written.
     blocked = Gate("staging", {})
-    assert blocked.split(Engine(prod, mset).plan().steps) == ([], ["0007_wishlist_items"])
+    assert blocked.split(Engine(prod, mset).plan(mset.latest).steps) == ([], ["0007_wishlist_items"])
     with pytest.raises(PromotionBlocked, match=r"0007_wishlist_items not yet applied .* in stack 'staging'.*pulumi up --stack staging"):
-        Engine(prod, mset, stack="wishlist-infra/prod", gate=blocked).apply()
+        Engine(prod, mset, RunOptions(stack="wishlist-infra/prod"), gate=blocked).apply()
     assert ledger_rows(prod) == []
     # A checksum that differs from the file is refused too.
     with pytest.raises(PromotionBlocked):
@@ -44,22 +47,22 @@ def test_promotion_gate_blocks_until_staging_has_the_version(fresh_db: Connectio
     # After staging applies it, its ledger clears prod.
     staging_engine.apply()
     cleared = Gate("staging", {v: c for v, c in ledger_rows(staging)})
-    assert [r["version"] for r in Engine(prod, mset, stack="wishlist-infra/prod", gate=cleared).apply().ran] == ["0007"]
+    assert [r["version"] for r in Engine(prod, mset, RunOptions(stack="wishlist-infra/prod"), gate=cleared).apply().ran] == ["0007"]
 
 
 def test_owner_guard_refuses_staging_settings_aimed_at_prod(fresh_db: ConnectionSettings) -> None:
     mset = migset.load(APP_SET)
-    Engine(fresh_db, mset, stack="wishlist-infra/prod").apply()
+    Engine(fresh_db, mset, RunOptions(stack="wishlist-infra/prod")).apply()
     with pytest.raises(WrongDatabase, match="owned by stack 'wishlist-infra/prod', but this is stack 'wishlist-infra/staging'"):
-        Engine(fresh_db, mset, stack="wishlist-infra/staging").plan()
+        Engine(fresh_db, mset, RunOptions(stack="wishlist-infra/staging")).plan(mset.latest)
     assert q(fresh_db, "SELECT stack FROM migration_ledger.owner") == [("wishlist-infra/prod",)]
 
 
 def test_adopt_a_hand_made_schema(fresh_db: ConnectionSettings) -> None:
     with fresh_db.connect() as conn:
         conn.execute(UP_SQL.encode())
-    engine = Engine(fresh_db, migset.load(APP_SET), stack="wishlist-infra/dev")
-    result = engine.adopt("0007")
+    engine = Engine(fresh_db, migset.load(APP_SET), RunOptions(stack="wishlist-infra/dev"))
+    result = adopt(engine, "0007")
     assert [r["version"] for r in result.ran] == ["0007"]
     assert [r[0] for r in ledger_rows(fresh_db)] == ["0007"] and engine.verify().ok
     assert engine.apply().ran == []
@@ -69,7 +72,7 @@ def test_adopt_refuses_a_schema_that_differs_and_records_nothing(fresh_db: Conne
     with fresh_db.connect() as conn:
         conn.execute(UP_SQL.replace("CREATE INDEX idx_wishlist_user_priority ON wishlist_items(user_id, priority);", "").encode())
     with pytest.raises(VerifyFailed, match="index idx_wishlist_user_priority is missing"):
-        Engine(fresh_db, migset.load(APP_SET)).adopt("0007")
+        adopt(Engine(fresh_db, migset.load(APP_SET)), "0007")
     assert ledger_rows(fresh_db) == []
 
 
@@ -97,11 +100,11 @@ def _drizzle(tmp_path: Path, db: ConnectionSettings, record_hash: str | None = N
 
 def test_adopt_a_drizzle_database_with_matching_hashes(fresh_db: ConnectionSettings, tmp_path: Path) -> None:
     folder = _drizzle(tmp_path, fresh_db)
-    assert [r["version"] for r in Engine(fresh_db, migset.load(APP_SET)).adopt("0007", folder).ran] == ["0007"]
+    assert [r["version"] for r in adopt(Engine(fresh_db, migset.load(APP_SET)), "0007", folder).ran] == ["0007"]
 
 
 def test_adopt_a_drizzle_database_with_an_edited_file_is_refused(fresh_db: ConnectionSettings, tmp_path: Path) -> None:
     folder = _drizzle(tmp_path, fresh_db, record_hash="ab" * 32)
     with pytest.raises(VerifyFailed, match=r"recorded hash abababababab matches no file.*0007_wishlist\.sql is not recorded"):
-        Engine(fresh_db, migset.load(APP_SET)).adopt("0007", folder)
+        adopt(Engine(fresh_db, migset.load(APP_SET)), "0007", folder)
     assert ledger_rows(fresh_db) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,13 @@ import pytest
 from components.engine import migset
 from components.engine.connection import ConnectionSettings
 from components.engine.snapshot import generate
-from components.schema_migration import UNKNOWN, SchemaMigrationProvider, provider_inputs
+from components.schema_migration import UNKNOWN, SchemaMigrationProvider
+from devtools.provider_props import provider_inputs
 from tests.integration.test_wish2007 import ledger_rows, q
 
 
 def props_for(db: ConnectionSettings, set_dir: Path, **extra: Any) -> dict[str, Any]:
-    defaults = {"connect_timeout": 5, "stack": "wishlist-infra/test", "lock_timeout_ms": 5000}
+    defaults = {"connect_timeout": 5, "stack": "wishlist-infra/test", "lock_wait_ms": 5000}
     return provider_inputs(db, migset.load(set_dir), **{**defaults, **extra})
 
 
@@ -41,28 +43,50 @@ def test_create_diff_update_read_delete(fresh_db: ConnectionSettings, set_copy: 
         conn.execute("DROP INDEX idx_wishlist_user_priority")
     read = provider.read(created.id, updated)
     assert read.outs["drift"] == [d for d in read.outs["drift"] if "idx_wishlist_user_priority" in d] != []
-    assert read.inputs is not None and "password" in read.inputs
+    assert read.inputs is not None and "password" not in read.inputs
+    assert fresh_db.password and fresh_db.password not in json.dumps([props, outs, updated, read.outs, read.inputs])
     assert provider.diff(created.id, read.outs, news).changes is True
     with pytest.raises(Exception, match="idx_wishlist_user_priority is missing"):
         provider.update(created.id, read.outs, news)
 
-    provider.delete(created.id, updated)  # allow_rollback is off: nothing dropped
+    provider.delete(created.id, updated)  # destroy_drops_schema is off: nothing dropped
     assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008"]
 
 
-def test_delete_with_rollback_allowed_drops_everything(fresh_db: ConnectionSettings, set_copy: Path) -> None:
+def test_delete_with_destroy_drops_schema_drops_everything(fresh_db: ConnectionSettings, set_copy: Path) -> None:
     provider = SchemaMigrationProvider()
-    props = props_for(fresh_db, set_copy, allow_rollback=True)
-    outs = provider.create(props).outs
-    provider.delete("x", outs)
+    props = props_for(fresh_db, set_copy, destroy_drops_schema=True)
+    created = provider.create(props)
+    provider.delete(created.id, created.outs)
     assert q(fresh_db, "SELECT to_regclass('wishlist_items'), to_regtype('wishlist_store')") == [(None, None)]
+    assert ledger_rows(fresh_db) == []
+
+
+def test_allow_rollback_alone_does_not_drop_on_delete(fresh_db: ConnectionSettings, set_copy: Path) -> None:
+    provider = SchemaMigrationProvider()
+    created = provider.create(props_for(fresh_db, set_copy, allow_rollback=True))
+    provider.delete(created.id, created.outs)
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007"]
+
+
+def test_deleting_the_old_copy_of_a_renamed_resource_drops_nothing(fresh_db: ConnectionSettings, set_copy: Path) -> None:
+    """A rename without an alias: Pulumi creates the new resource, then deletes the old one."""
+    provider = SchemaMigrationProvider()
+    props = props_for(fresh_db, set_copy, destroy_drops_schema=True)
+    old = provider.create(props)
+    new = provider.create(props)  # finds nothing to apply, takes the schema over
+    assert new.outs["applied_version"] == "0007" and new.id != old.id
+    provider.delete(old.id, old.outs)
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007"]
+    assert q(fresh_db, "SELECT to_regclass('wishlist_items') IS NOT NULL") == [(True,)]
+    provider.delete(new.id, new.outs)  # the owner's own destroy still rolls back
     assert ledger_rows(fresh_db) == []
 
 
 def test_lower_target_is_refused_unless_rollback_allowed(fresh_db: ConnectionSettings, set_copy: Path) -> None:
     provider = SchemaMigrationProvider()
     outs = provider.create(props_for(fresh_db, set_copy)).outs
-    with pytest.raises(Exception, match="not allowed for this stack"):
+    with pytest.raises(Exception, match="was not allowed"):
         provider.update("x", outs, props_for(fresh_db, set_copy, target_version="0"))
     assert [r[0] for r in ledger_rows(fresh_db)] == ["0007"]
     back = provider.update("x", outs, props_for(fresh_db, set_copy, target_version="0", allow_rollback=True)).outs

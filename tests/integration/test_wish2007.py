@@ -11,6 +11,7 @@ import pytest
 from components.engine import migset
 from components.engine.connection import ConnectionSettings
 from components.engine.engine import Engine
+from components.engine.options import RunOptions
 from tests.conftest import APP_SET
 
 # WISH-2000 / WISH-2007 spec, written out here independently of the snapshot (AC 3, 14).
@@ -47,7 +48,7 @@ CURRENCY_LABELS = ["USD", "EUR", "GBP", "CAD", "AUD"]
 
 
 def engine_for(db: ConnectionSettings, **kw: Any) -> Engine:
-    return Engine(db, migset.load(APP_SET), **kw)
+    return Engine(db, migset.load(APP_SET), RunOptions(**kw))
 
 
 def q(db: ConnectionSettings, query: str, params: Any = None) -> list[tuple[Any, ...]]:

@@ -1,0 +1,161 @@
+"""What stands between a run and the database: preflight checks, the migration lock, and the session's timeouts."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from psycopg import sql
+
+from .connection import ConnectionSettings
+from .errors import LockTimeout, NotWritable, PermissionMissing
+from .options import RunOptions
+
+if TYPE_CHECKING:
+    import psycopg
+
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+
+def advisory_key(set_id: str) -> int:
+    """A stable signed 64-bit advisory-lock key per migration set."""
+    digest = hashlib.sha256(f"wishlist-infra/migrations/{set_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def preflight(conn: psycopg.Connection[Any], settings: ConnectionSettings, schema: str, ledger_schema: str) -> None:
+    """Before any write: the session can write, and the role holds each privilege a migration needs."""
+    # Schemas and the ledger table are found by name in the catalogs and checked by OID, so that names with
+    # quotes or dots are never parsed as SQL identifiers. Each privilege is checked on its own: has_*_privilege
+    # with a list is true when ANY of them is held.
+    row = conn.execute(
+        "WITH s AS (SELECT (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s) AS target,"
+        "                  (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(ledger)s) AS ledger),"
+        " t AS (SELECT (SELECT c.oid FROM pg_catalog.pg_class c, s WHERE c.relnamespace = s.ledger AND c.relname = 'applied') AS tbl,"
+        "              (SELECT c.oid FROM pg_catalog.pg_class c, s WHERE c.relnamespace = s.ledger AND c.relname = 'owner') AS own)"
+        " SELECT current_user, pg_catalog.pg_is_in_recovery(),"
+        " current_setting('transaction_read_only'), current_setting('default_transaction_read_only'),"
+        " s.target IS NOT NULL,"
+        " ARRAY(SELECT p FROM unnest(ARRAY['USAGE', 'CREATE']) p WHERE s.target IS NOT NULL AND NOT has_schema_privilege(s.target, p)),"
+        " s.ledger IS NOT NULL, has_database_privilege(current_database(), 'CREATE'),"
+        " ARRAY(SELECT p FROM unnest(ARRAY['USAGE', 'CREATE']) p WHERE s.ledger IS NOT NULL AND NOT has_schema_privilege(s.ledger, p)),"
+        " ARRAY(SELECT x.rel || ':' || p FROM (VALUES ('applied', t.tbl), ('owner', t.own)) x(rel, oid),"
+        "       unnest(%(privs)s::text[]) p WHERE x.oid IS NOT NULL AND NOT has_table_privilege(x.oid, p)),"
+        " quote_ident(current_database()), quote_ident(current_user), quote_ident(%(schema)s), quote_ident(%(ledger)s)"
+        " FROM s, t",
+        {"schema": schema, "ledger": ledger_schema, "privs": list(TABLE_PRIVILEGES)},
+    ).fetchone()
+    assert row is not None
+    (user, standby, tx_ro, default_ro, has_schema, schema_missing, ledger_exists, db_create, ledger_missing, table_missing) = row[:10]
+    # Names as PostgreSQL quotes them (only when needed), so the printed fix commands run as they are.
+    db, who, s_id, l_id = row[10:]
+    where = settings.describe()
+    if standby:
+        raise NotWritable(
+            f"{where} is a hot standby (pg_is_in_recovery() is true): a migration cannot write there.",
+            "connect to the primary (the cluster's writer endpoint), not a replica or reader endpoint.",
+        )
+    if tx_ro == "on" or default_ro == "on":
+        raise NotWritable(
+            f"the session on {where} is read-only (default_transaction_read_only={default_ro}).",
+            f"connect with a read-write session, e.g. `ALTER ROLE {who} SET default_transaction_read_only = off`, or use the writer endpoint.",
+        )
+    missing: list[str] = []
+    if not has_schema:
+        missing.append(f"schema {s_id} does not exist (CREATE SCHEMA {s_id} AUTHORIZATION {who})")
+    elif schema_missing:
+        privs = ", ".join(schema_missing)
+        missing.append(f"{privs} on schema {s_id} (GRANT {privs} ON SCHEMA {s_id} TO {who})")
+    if not ledger_exists and not db_create:
+        missing.append(
+            f"CREATE on database {db} to create the ledger schema {l_id} "
+            f"(or create it first: CREATE SCHEMA {l_id} AUTHORIZATION {who})"
+        )
+    if ledger_missing:
+        privs = ", ".join(ledger_missing)
+        missing.append(f"{privs} on schema {l_id} (GRANT {privs} ON SCHEMA {l_id} TO {who})")
+    for table in ("applied", "owner"):
+        privs = ", ".join(p.partition(":")[2] for p in table_missing if p.startswith(table + ":"))
+        if privs:
+            t_id = f"{l_id}.{table}"
+            missing.append(f"{privs} on table {t_id} (GRANT {privs} ON {t_id} TO {who})")
+    if missing:
+        raise PermissionMissing(
+            f"role {who} on {where} lacks what a migration needs: " + "; ".join(missing) + ". Nothing was written.",
+            "grant the privileges named above (the access component does this for wishlist_migrator), then run again.",
+        )
+
+
+def _holder(conn: psycopg.Connection[Any], key: int) -> str:
+    """Who holds the advisory lock `key` (a bigint key is stored as classid = high 32 bits, objid = low 32 bits)."""
+    row = conn.execute(
+        "SELECT a.pid, a.application_name, a.usename, a.client_addr::text, a.backend_start, a.state, a.state_change,"
+        " left(regexp_replace(a.query, '\\s+', ' ', 'g'), 120)"
+        " FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.database = "
+        " (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())"
+        " AND l.classid::bigint = %s AND l.objid::bigint = %s",
+        ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+    ).fetchone()
+    if row is None:
+        return "the holder released it just now"
+    pid, app, user, addr, since, state, state_since, query = row
+    return (
+        f"held by pid {pid} (application_name {app!r}, user {user}, from {addr or 'local socket'}), "
+        f"connected since {since:%Y-%m-%d %H:%M:%S %Z}, {state} since {state_since:%H:%M:%S}, last query: {query}"
+        if since is not None
+        else f"held by pid {pid} (application_name {app!r})"
+    )
+
+
+@contextmanager
+def migration_lock(
+    conn: psycopg.Connection[Any],
+    key: int,
+    *,
+    wait_ms: int,
+    set_name: str,
+    where: str,
+    progress: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[None]:
+    """Session advisory lock per set, polled with pg_try_advisory_lock from the client with backoff.
+
+    Never waits inside a statement: a statement waiting for a lock holds a snapshot, and a CREATE INDEX
+    CONCURRENTLY in the lock holder waits for every such snapshot (a deadlock the server then breaks).
+    """
+    deadline = time.monotonic() + wait_ms / 1000
+    delay, told = 0.02, False
+    while True:
+        row = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if row is not None and row[0]:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LockTimeout(
+                f"the migration lock of set {set_name!r} on {where} is {_holder(conn, key)}; waited {wait_ms} ms. Nothing was written.",
+                "if that session is a running migration, wait for it and run again (it will find nothing pending); if it is stuck, "
+                "end it with `SELECT pg_terminate_backend(<pid>)` after checking `status`; or raise the lock wait (lockWaitMs / --lock-wait).",
+            )
+        if not told:
+            progress(f"waiting up to {wait_ms} ms for the migration lock of set {set_name!r} ({_holder(conn, key)})")
+            told = True
+        sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.5)
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
+
+
+def set_timeouts(conn: psycopg.Connection[Any], options: RunOptions, *, local: bool) -> None:
+    """DDL lock_timeout and statement_timeout for this transaction (local) or this session."""
+    conn.execute(
+        "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s),"
+        " set_config('client_connection_check_interval', '1s', false)",
+        (f"{options.lock_timeout_ms}ms", local, f"{options.statement_timeout_ms}ms", local),
+    )

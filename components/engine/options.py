@@ -1,0 +1,35 @@
+"""How a run behaves: one frozen options object, each default written once, parsed at the edges, passed down whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .ledger import DEFAULT_LEDGER_SCHEMA
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything an engine run needs besides the connection, the set and the target.
+
+    To add an option: add a field here (with its default), parse it in `components/config.py` (MigrationsConfig)
+    and read it where it is used. The CLI flags and the Pulumi resource's inputs follow from these fields.
+    """
+
+    stack: str | None = None  # owner identity recorded in the ledger; a database owned by another stack is refused
+    ledger_schema: str = DEFAULT_LEDGER_SCHEMA
+    lock_wait_ms: int = 60_000  # how long to wait for the migration lock (another applier) before giving up
+    lock_timeout_ms: int = 1_000  # DDL lock_timeout: how long a statement may queue for a table lock before a retry
+    ddl_retries: int = 5  # attempts after a DDL lock timeout, each in a fresh transaction, with backoff
+    statement_timeout_ms: int = 0  # 0 = no limit
+    strict_lint: bool = False  # prod: unacknowledged lint findings refuse the apply
+
+    def to_props(self) -> dict[str, Any]:
+        """The options as flat, JSON-able properties (Pulumi inputs, --json output)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_props(cls, props: dict[str, Any]) -> RunOptions:
+        """Options from flat properties; a missing or null key keeps its default."""
+        given = {f.name: props[f.name] for f in fields(cls) if props.get(f.name) is not None}
+        return replace(cls(), **given)

@@ -1,0 +1,358 @@
+"""How one step runs: in a transaction (retried after a DDL lock timeout), or outside one, statement by statement, resumable.
+
+Every failure message says what is true of the database when it prints: rolled back only if it was.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from psycopg import sql
+
+from . import catalog as cat
+from .connection import ConnectionSettings
+from .errors import IncompleteMigration, MigrationError, NotWritable, PermissionMissing, StatementFailed, VerifyFailed
+from .guards import set_timeouts
+from .ledger import APPLIED, STARTED, Ledger, LedgerState
+from .options import RunOptions
+from .pgerrors import STATE_FIXES, first_line, sqlstate
+from .planner import Step, statements_digest
+from .sqltext import Statement
+from .statement_kinds import concurrent_index, relations
+
+if TYPE_CHECKING:
+    import psycopg
+
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def whoami() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def snippet(stmt: Statement) -> str:
+    return " ".join(stmt.text.split())[:160]
+
+
+class _Failed(Exception):
+    """A statement failed; carries what the runner needs to tell the truth about it."""
+
+    def __init__(self, exc: Exception, index: int, stmt: Statement) -> None:
+        super().__init__(str(exc))
+        self.exc, self.index, self.stmt = exc, index, stmt
+        self.state = sqlstate(exc)
+
+    @property
+    def connection_lost(self) -> bool:
+        import psycopg
+
+        return isinstance(self.exc, psycopg.OperationalError) and not self.state
+
+
+@dataclass
+class StepRunner:
+    """Runs steps on one connection that holds the migration lock."""
+
+    conn: psycopg.Connection[Any]
+    settings: ConnectionSettings
+    schema: str
+    ledger: Ledger
+    options: RunOptions
+    state: LedgerState
+    progress: Callable[[str], None]
+    sleep: Callable[[float], None] = time.sleep
+
+    def run(self, step: Step, expected_version: str | None, expected: cat.Catalog) -> dict[str, Any]:
+        m = step.migration
+        label = f"{m.label} ({step.direction})"
+        statements = step.statements()
+        started = time.monotonic()
+        where = "" if step.transactional else ", outside a transaction"
+        self.progress(f"{label}: {len(statements)} statement(s){where}")
+        if step.transactional:
+            fingerprint = self._in_transaction(step, label, statements, expected_version, expected, started)
+        else:
+            fingerprint = self._outside_transaction(step, label, statements, expected_version, expected, started)
+        duration = int((time.monotonic() - started) * 1000)
+        self.progress(f"{label}: done in {duration} ms, verified")
+        return {"version": m.version, "name": m.name, "direction": step.direction, "duration_ms": duration, "fingerprint": fingerprint}
+
+    # -- in a transaction
+
+    def _in_transaction(
+        self, step: Step, label: str, statements: list[Statement], expected_version: str | None, expected: cat.Catalog, started: float
+    ) -> str:
+        import psycopg
+
+        for attempt in range(self.options.ddl_retries + 1):
+            try:
+                with self.conn.transaction():
+                    set_timeouts(self.conn, self.options, local=True)
+                    self._execute(statements, 0, label)
+                    live = cat.introspect(self.conn, self.schema)
+                    self._verify(label, expected_version, expected, live, rolled_back=True)
+                    fingerprint = cat.fingerprint(live)
+                    self._record(step, started, fingerprint)
+                return fingerprint
+            except _Failed as failed:
+                if failed.state == LOCK_NOT_AVAILABLE and attempt < self.options.ddl_retries:
+                    delay = self._backoff(attempt)
+                    self.progress(
+                        f"{label}: statement {failed.index}/{len(statements)} waited over lock_timeout "
+                        f"({self.options.lock_timeout_ms} ms) for a table lock ({self._blockers(failed.stmt)}); "
+                        f"rolled back, retry {attempt + 1}/{self.options.ddl_retries} in {int(delay * 1000)} ms"
+                    )
+                    self.sleep(delay)
+                    continue
+                raise self._rolled_back(failed, label, len(statements)) from None
+            except MigrationError:
+                raise
+            except psycopg.OperationalError as exc:
+                # Raised by COMMIT itself: the server may or may not have committed.
+                raise StatementFailed(
+                    f"{label}: the connection failed while committing ({first_line(exc, self.settings)}): whether the migration "
+                    "committed is unknown until the ledger is read.",
+                    "run `python -m components.migrate status`: the version is applied if and only if the ledger lists it; run apply again.",
+                ) from None
+        raise AssertionError("unreachable")
+
+    def _rolled_back(self, failed: _Failed, label: str, total: int) -> MigrationError:
+        where = f"statement {failed.index}/{total} (line {failed.stmt.line})"
+        primary = first_line(failed.exc, self.settings)
+        if failed.connection_lost:
+            return StatementFailed(
+                f"{label}: the connection was lost at {where}: {primary}. The server rolls back an uncommitted transaction: "
+                "nothing of this migration was committed, the ledger is unchanged.",
+                "check that the server is up, then run again.",
+            )
+        if failed.state == "25006":
+            return NotWritable(f"{label}: {where} was refused: {primary}; the migration was rolled back.", STATE_FIXES["25006"])
+        if failed.state == "42501":
+            return PermissionMissing(
+                f"{label}: {where} `{snippet(failed.stmt)}`: {primary}; the migration was rolled back.", STATE_FIXES["42501"]
+            )
+        blocked = ""
+        if failed.state == LOCK_NOT_AVAILABLE:
+            blocked = (
+                f" It waited over lock_timeout ({self.options.lock_timeout_ms} ms) on each of {self.options.ddl_retries + 1} attempt(s); "
+                f"{self._blockers(failed.stmt)}."
+            )
+        return StatementFailed(
+            f"{label} failed at {where} `{snippet(failed.stmt)}`: {primary} [SQLSTATE {failed.state or '?'}]; "
+            f"the migration was rolled back, the ledger is unchanged.{blocked}",
+            STATE_FIXES.get(failed.state, "fix the statement in a new migration (or this one, if it was never applied anywhere)."),
+        )
+
+    # -- outside a transaction
+
+    def _outside_transaction(
+        self, step: Step, label: str, statements: list[Statement], expected_version: str | None, expected: cat.Catalog, started: float
+    ) -> str:
+        m, total, start = step.migration, len(statements), step.resume_from
+        if not step.resuming:
+            self._record(step, started, None, status=STARTED, done=0, digest=statements_digest([]))
+        else:
+            self.progress(f"{label}: resuming at statement {start + 1}/{total} ({start} completed by an earlier run)")
+        set_timeouts(self.conn, self.options, local=False)
+        for index in range(start, total):
+            stmt = statements[index]
+            try:
+                if not (index == start and step.resuming and self._already_done(stmt, label)):
+                    self._execute_one(stmt, index + 1, total, label)
+                self.ledger.progress(self.conn, m.version, index + 1, statements_digest(statements[: index + 1]))
+            except _Failed as failed:
+                raise self._partial(step, label, failed, total) from None
+        live = cat.introspect(self.conn, self.schema)
+        self._verify(label, expected_version, expected, live, rolled_back=False, total=total)
+        fingerprint = cat.fingerprint(live)
+        self._record(step, started, fingerprint)
+        return fingerprint
+
+    def _already_done(self, stmt: Statement, label: str) -> bool:
+        """Resuming at a concurrent index operation whose earlier attempt may have finished, or left an invalid index."""
+        op = concurrent_index(stmt.text)
+        if op is None or not op.names:
+            return False
+        states = [self._index_state(schema, name) for schema, name in op.names]
+        if op.action == "drop":
+            return all(s is None for s in states)
+        if op.action == "create":
+            if states[0] is True:
+                self.progress(f"{label}: index {op.names[0][1]} was built by the interrupted run and is valid; not built again")
+                return True
+            if states[0] is False:
+                schema, name = op.names[0]
+                self.progress(f"{label}: dropping the invalid index {name} left by the interrupted build, then building it again")
+                self.conn.execute(
+                    sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(sql.Identifier(schema or self.schema), sql.Identifier(name))
+                )
+        return False
+
+    def _index_state(self, schema: str | None, name: str) -> bool | None:
+        """True valid, False invalid, None absent."""
+        row = self.conn.execute(
+            "SELECT x.indisvalid FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class c ON c.oid = x.indexrelid"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+            (schema or self.schema, name),
+        ).fetchone()
+        return None if row is None else bool(row[0])
+
+    def _partial(self, step: Step, label: str, failed: _Failed, total: int) -> MigrationError:
+        """The honest account of a run outside a transaction that stopped: what completed, what did not, what is left."""
+        done = failed.index - 1
+        primary = first_line(failed.exc, self.settings)
+        this = (
+            f"statement {failed.index} (line {failed.stmt.line}) may or may not have completed (the connection was lost: {primary})"
+            if failed.connection_lost
+            else f"statement {failed.index} (line {failed.stmt.line}) `{snippet(failed.stmt)}` failed and did not complete: {primary} "
+            f"[SQLSTATE {failed.state or '?'}]"
+        )
+        left = self._leftovers()
+        rest = f"; statements {failed.index + 1}-{total} did not run" if failed.index < total else ""
+        return IncompleteMigration(
+            f"{label} runs outside a transaction, so nothing was rolled back: statements 1-{done} of {total} completed and stay "
+            f"committed; {this}{rest}. "
+            f"The database now holds {left}. The ledger marks {step.migration.version} interrupted after statement {done}."
+            if done > 0
+            else f"{label} runs outside a transaction: {this}{rest}; no statement of it completed. "
+            f"The database now holds {left}. The ledger marks {step.migration.version} interrupted before statement 1.",
+            f"fix the cause, then run apply again: it resumes at statement {failed.index}"
+            + (" (and first drops the invalid index concurrently, then builds it again)" if "invalid index" in left else "")
+            + ". `python -m components.migrate status` shows where it stopped.",
+        )
+
+    def _leftovers(self) -> str:
+        """Invalid indexes in the schema, read on this connection or, if it broke, a new one."""
+        query = (
+            "SELECT c.relname, t.relname FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class c ON c.oid = x.indexrelid"
+            " JOIN pg_catalog.pg_class t ON t.oid = x.indrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND NOT x.indisvalid ORDER BY 1"
+        )
+        try:
+            if not (self.conn.closed or self.conn.broken):
+                rows = self.conn.execute(query, (self.schema,)).fetchall()
+            else:
+                with self.settings.connect(autocommit=True) as conn:
+                    rows = conn.execute(query, (self.schema,)).fetchall()
+        except Exception as exc:
+            return f"what could not be read back ({first_line(exc, self.settings)}): check `status`"
+        if not rows:
+            return "no invalid index"
+        return ", ".join(f"invalid index {self.schema}.{i} on {t}" for i, t in rows) + " (left by a failed CONCURRENTLY build)"
+
+    # -- shared
+
+    def _execute(self, statements: list[Statement], start: int, label: str) -> None:
+        for index in range(start, len(statements)):
+            self._execute_one(statements[index], index + 1, len(statements), label)
+
+    def _execute_one(self, stmt: Statement, index: int, total: int, label: str) -> None:
+        """One statement; outside a transaction, a DDL lock timeout is retried here (the statement did nothing)."""
+        import psycopg
+
+        in_tx = self._in_tx()
+        concurrent = not in_tx and concurrent_index(stmt.text) is not None
+        if concurrent:
+            # A CONCURRENTLY build waits for older transactions; that wait blocks no app query, so no DDL lock_timeout.
+            self.conn.execute("SELECT set_config('lock_timeout', '0', false)")
+        t0 = time.monotonic()
+        try:
+            for attempt in range(1 if in_tx else self.options.ddl_retries + 1):
+                try:
+                    self.conn.execute(stmt.text.encode(), prepare=False)
+                    break
+                except psycopg.Error as exc:
+                    failed = _Failed(exc, index, stmt)
+                    if in_tx or failed.state != LOCK_NOT_AVAILABLE or attempt == self.options.ddl_retries:
+                        raise failed from None
+                    delay = self._backoff(attempt)
+                    self.progress(
+                        f"{label}: statement {index}/{total} waited over lock_timeout for a table lock ({self._blockers(stmt)}); "
+                        f"nothing of it was done, retry {attempt + 1}/{self.options.ddl_retries} in {int(delay * 1000)} ms"
+                    )
+                    self.sleep(delay)
+        finally:
+            if concurrent and not (self.conn.closed or self.conn.broken):
+                self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.options.lock_timeout_ms}ms",))
+        self.progress(f"{label}: statement {index}/{total} (line {stmt.line}) {1000 * (time.monotonic() - t0):.1f} ms")
+
+    def _in_tx(self) -> bool:
+        from psycopg.pq import TransactionStatus
+
+        return self.conn.info.transaction_status != TransactionStatus.IDLE
+
+    def _backoff(self, attempt: int) -> float:
+        return float(min(0.2 * 2**attempt, 5.0))
+
+    def _blockers(self, stmt: Statement) -> str:
+        """The sessions holding locks on the relations `stmt` names (what a DDL statement waited for)."""
+        names = list(relations(stmt.text))
+        if not names or self.conn.broken or self._in_tx():
+            return "the blocking session could not be read"
+        rows = self.conn.execute(
+            "SELECT DISTINCT l.pid, a.application_name, a.state, a.xact_start, left(regexp_replace(a.query, '\\s+', ' ', 'g'), 100)"
+            " FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid() AND l.relation = ANY("
+            "  ARRAY(SELECT pg_catalog.to_regclass(n) FROM unnest(%s::text[]) n)) ORDER BY l.pid",
+            (names,),
+        ).fetchall()
+        if not rows:
+            return "the blocking session has ended since"
+        return "blocked by " + "; ".join(
+            f"pid {pid} ({app or 'no application_name'}, {state}, transaction open since "
+            f"{'?' if since is None else f'{since:%H:%M:%S}'}, query: {query})"
+            for pid, app, state, since, query in rows
+        )
+
+    def _verify(
+        self, label: str, version: str | None, expected: cat.Catalog, live: cat.Catalog, *, rolled_back: bool, total: int = 0
+    ) -> None:
+        differences = cat.compare(expected, live)
+        if not differences:
+            return
+        what = "; ".join(d.describe() for d in differences[:10]) + (f" (+{len(differences) - 10} more)" if len(differences) > 10 else "")
+        problem = f"{label}: the catalog after the migration does not match the snapshot of {version or 'the empty schema'}: {what}."
+        if rolled_back:
+            raise VerifyFailed(
+                problem + " The migration was rolled back, the ledger is unchanged.",
+                "regenerate the snapshot if the migration changed on purpose and was never applied "
+                "(`python -m components.migrate snapshot`), or fix the schema drift first.",
+            )
+        raise IncompleteMigration(
+            problem + f" It runs outside a transaction, so nothing was rolled back: all {total} statements completed and stay "
+            "committed; the ledger marks it interrupted after its last statement.",
+            "make the schema match the snapshot by hand (or fix the snapshot if it was never applied anywhere), then run apply again: "
+            "it verifies and records the version.",
+        )
+
+    def _record(
+        self, step: Step, started: float, fingerprint: str | None, *, status: str = APPLIED, done: int = 0, digest: str | None = None
+    ) -> None:
+        m = step.migration
+        if step.direction == "down" and status == APPLIED:
+            self.ledger.forget(self.conn, m.version)
+            return
+        self.ledger.record(
+            self.conn,
+            version=m.version,
+            name=m.name,
+            checksum=m.checksum,
+            applied_by=f"{self.settings.user} ({whoami()})",
+            duration_ms=int((time.monotonic() - started) * 1000),
+            stack=self.options.stack,
+            database_identity=self.state.identity,
+            fingerprint=fingerprint,
+            status=status,
+            statements_done=done,
+            done_digest=digest,
+            direction=step.direction,
+        )
