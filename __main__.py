@@ -4,28 +4,15 @@ Thin on purpose: read the validated stack config, wire the components, export. S
 """
 
 import pulumi
-import pulumi_postgresql as postgresql
 
 from components import config as stack_config
 from components.access import DatabaseAccess, DatabaseAccessArgs, TableGrants, TableGrantsArgs
+from components.db_target import database_target
 from components.schema_migration import SchemaMigration, SchemaMigrationArgs
-from components.wiring import admin_connection
 
 cfg = stack_config.load()
-conn = admin_connection(cfg)
-
-pg = postgresql.Provider(
-    "pg",
-    host=conn.host,
-    port=conn.port,
-    database=cfg.db.name,
-    username=conn.admin_user,
-    password=conn.admin_password,
-    sslmode=cfg.db.sslmode,
-    superuser=False,  # the RDS master (and our local admin) is not a real superuser
-    connect_timeout=15,
-)
-pg_opts = pulumi.ResourceOptions(provider=pg)
+target = database_target(cfg)
+pg_opts = pulumi.ResourceOptions(provider=target.provider)
 
 access = DatabaseAccess(
     "access",
@@ -34,6 +21,9 @@ access = DatabaseAccess(
         schema="public",
         ledger_schema="migration_ledger",
         iam_auth=cfg.is_aws,
+        protect=cfg.protect,
+        # Only where destroy is meant to roll everything back (dev): the ledger's tables go with its schema.
+        drop_cascade=cfg.migrations.allow_rollback and not cfg.protect,
         passwords=cfg.role_passwords,
     ),
     opts=pg_opts,
@@ -50,8 +40,8 @@ gate_applied = (
 migration = SchemaMigration(
     "wishlist-schema",
     SchemaMigrationArgs(
-        host=conn.host,
-        port=conn.port,
+        host=target.host,
+        port=target.port,
         database=cfg.db.name,
         user=access.migrator_name,
         set_dir=cfg.migrations.set_dir,
@@ -68,7 +58,7 @@ migration = SchemaMigration(
         gate_stack=gate_stack,
         gate_applied=gate_applied,
     ),
-    opts=pulumi.ResourceOptions(depends_on=access.ready, protect=cfg.protect),
+    opts=pulumi.ResourceOptions(depends_on=[*target.ready, *access.ready], protect=cfg.protect),
 )
 
 TableGrants(
@@ -78,17 +68,18 @@ TableGrants(
         schema="public",
         tables=["wishlist_items"],
         roles={"app": access.roles["app"].name, "readonly": access.roles["readonly"].name},
+        protect=cfg.protect,
     ),
-    opts=pulumi.ResourceOptions(provider=pg, depends_on=[migration]),
+    opts=pulumi.ResourceOptions(provider=target.provider, depends_on=[migration]),
 )
 
 pulumi.export("environment", cfg.environment)
-pulumi.export("endpoint", conn.host)
-pulumi.export("reader_endpoint", conn.reader_host)
-pulumi.export("proxy_endpoint", conn.proxy_host)
-pulumi.export("port", conn.port)
+pulumi.export("endpoint", target.host)
+pulumi.export("reader_endpoint", target.reader_host)
+pulumi.export("proxy_endpoint", target.proxy_host)
+pulumi.export("port", target.port)
 pulumi.export("database", cfg.db.name)
-pulumi.export("master_secret_arn", conn.secret_arn)
+pulumi.export("master_secret_arn", target.secret_arn)
 pulumi.export("roles", {key: role.name for key, role in access.roles.items()})
 pulumi.export("schema_version", migration.applied_version)
 pulumi.export("schema_fingerprint", migration.fingerprint)

@@ -13,20 +13,32 @@ MIGRATOR, APP, READONLY = "wishlist_migrator", "wishlist_app", "wishlist_readonl
 APP_TABLE_PRIVILEGES = ["DELETE", "INSERT", "SELECT", "UPDATE"]  # sorted: the provider stores them sorted
 READONLY_TABLE_PRIVILEGES = ["SELECT"]
 TABLE_PRIVILEGES = {"app": APP_TABLE_PRIVILEGES, "readonly": READONLY_TABLE_PRIVILEGES}
+# A later serial column: the app's INSERT calls nextval() (USAGE); currval()/reads need SELECT. Sorted, like the provider.
+SEQUENCE_PRIVILEGES = {"app": ["SELECT", "USAGE"], "readonly": ["SELECT"]}
+DEFAULT_PRIVILEGES = {"table": TABLE_PRIVILEGES, "sequence": SEQUENCE_PRIVILEGES}
+PROXY_ROLES = (APP, READONLY)  # who may log in through the RDS Proxy
 
 
 R = TypeVar("R", bound=pulumi.Resource)
 
 
+def guarded(protect: bool) -> pulumi.ResourceOptions:
+    """Where the stack protects: no delete or replace through Pulumi, and leaving the stack keeps the object."""
+    return pulumi.ResourceOptions(protect=protect, retain_on_delete=protect)
+
+
 class Serial:
     """PostgreSQL fails concurrent GRANTs on one object ("tuple concurrently updated"): chain them one after another."""
 
-    def __init__(self, parent: pulumi.Resource) -> None:
+    def __init__(self, parent: pulumi.Resource, guard: pulumi.ResourceOptions) -> None:
         self.parent = parent
+        self.guard = guard
         self.last: pulumi.Resource | None = None
 
     def opts(self) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=self.parent, depends_on=[self.last] if self.last else None)
+        return pulumi.ResourceOptions.merge(
+            self.guard, pulumi.ResourceOptions(parent=self.parent, depends_on=[self.last] if self.last else None)
+        )
 
     def add(self, resource: R) -> R:
         self.last = resource
@@ -39,6 +51,8 @@ class DatabaseAccessArgs:
     schema: str
     ledger_schema: str
     iam_auth: bool  # AWS: login through IAM (rds_iam); local: passwords
+    protect: bool = False  # protect and retain_on_delete on every role, grant, schema and default privilege
+    drop_cascade: bool = False  # DROP SCHEMA ... CASCADE on the ledger: only where destroy is meant to roll back (dev)
     passwords: dict[str, pulumi.Output[str]] = field(default_factory=dict)  # role key -> secret, local only
     password_version: str = "1"  # noqa: S105 -- a version counter, not a password; bump to rotate the write-only passwords
 
@@ -48,7 +62,8 @@ class DatabaseAccess(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DatabaseAccessArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("wishlist:db:DatabaseAccess", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        guard = guarded(args.protect)
+        child = pulumi.ResourceOptions.merge(guard, pulumi.ResourceOptions(parent=self))
         self.roles: dict[str, postgresql.Role] = {}
         self.iam_grants: list[postgresql.GrantRole] = []
         for key, role_name in (("migrator", MIGRATOR), ("app", APP), ("readonly", READONLY)):
@@ -65,6 +80,8 @@ class DatabaseAccess(pulumi.ComponentResource):
                 # Write-only: the password never lands in the stack state.
                 password_wo=password,
                 password_wo_version=None if password is None else args.password_version,
+                # Deleting a role fails while it still owns something, instead of REASSIGN OWNED + DROP OWNED.
+                skip_reassign_owned=True,
                 opts=child,
             )
             if args.iam_auth:
@@ -72,7 +89,7 @@ class DatabaseAccess(pulumi.ComponentResource):
                     postgresql.GrantRole(f"{name}-{key}-rds-iam", role=self.roles[key].name, grant_role="rds_iam", opts=child)
                 )
 
-        serial = Serial(self)
+        serial = Serial(self, guard)
         migrator = self.roles["migrator"].name
         schema_privileges = {"migrator": ["CREATE", "USAGE"], "app": ["USAGE"], "readonly": ["USAGE"]}
         self.schema_grants = [
@@ -89,27 +106,47 @@ class DatabaseAccess(pulumi.ComponentResource):
             )
             for key, privileges in schema_privileges.items()
         ]
+        # PostgreSQL 14 still grants PUBLIC CREATE on `public`; nobody but the named roles gets anything there.
+        self.schema_grants.append(
+            serial.add(
+                postgresql.Grant(
+                    f"{name}-public-schema",
+                    database=args.database,
+                    schema=args.schema,
+                    role="public",
+                    object_type="schema",
+                    privileges=[],
+                    opts=serial.opts(),
+                )
+            )
+        )
         # The migrator owns the ledger, so it needs no CREATE on the database.
         self.ledger_schema = serial.add(
             postgresql.Schema(
-                f"{name}-ledger", name=args.ledger_schema, database=args.database, owner=migrator, drop_cascade=True, opts=serial.opts()
+                f"{name}-ledger",
+                name=args.ledger_schema,
+                database=args.database,
+                owner=migrator,
+                drop_cascade=args.drop_cascade,
+                opts=serial.opts(),
             )
         )
-        # Tables that later migrations create (as the migrator) get the same grants without another change here.
+        # Tables and sequences that later migrations create (as the migrator) get the same grants without another change.
         self.default_privileges = [
             serial.add(
                 postgresql.DefaultPrivileges(
-                    f"{name}-{key}-defaults",
+                    f"{name}-{key}-defaults" if object_type == "table" else f"{name}-{key}-{object_type}-defaults",
                     database=args.database,
                     schema=args.schema,
                     owner=migrator,
                     role=self.roles[key].name,
-                    object_type="table",
+                    object_type=object_type,
                     privileges=privileges,
                     opts=serial.opts(),
                 )
             )
-            for key, privileges in TABLE_PRIVILEGES.items()
+            for object_type, by_role in DEFAULT_PRIVILEGES.items()
+            for key, privileges in by_role.items()
         ]
         self.migrator_name: pulumi.Output[str] = migrator
         self.register_outputs({"roles": {k: r.name for k, r in self.roles.items()}})
@@ -126,6 +163,7 @@ class TableGrantsArgs:
     schema: str
     tables: Sequence[str]
     roles: dict[str, pulumi.Input[str]]
+    protect: bool = False
 
 
 class TableGrants(pulumi.ComponentResource):
@@ -134,7 +172,7 @@ class TableGrants(pulumi.ComponentResource):
     def __init__(self, name: str, args: TableGrantsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("wishlist:db:TableGrants", name, None, opts)
         # One Grant per (role, schema, object type): two would fight over the same privileges.
-        serial = Serial(self)
+        serial = Serial(self, guarded(args.protect))
         self.grants = [
             serial.add(
                 postgresql.Grant(

@@ -23,6 +23,8 @@ class AuroraClusterArgs:
     master_username: str
     protect: bool
     tags: dict[str, str]
+    region: str = ""
+    proxy_users: tuple[str, ...] = ()  # database roles that may log in through the RDS Proxy (IAM); never the master
 
 
 class AuroraCluster(pulumi.ComponentResource):
@@ -56,6 +58,7 @@ class AuroraCluster(pulumi.ComponentResource):
         key_arn = self.key.arn if self.key else None
 
         self.subnet_group = aws.rds.SubnetGroup(f"{name}-subnets", subnet_ids=list(c.subnet_ids), tags=tags, opts=child)
+        # Two groups: clients -> proxy -> cluster. Bridged providers drop AWS's default allow-all egress, so every path is a rule.
         self.security_group = aws.ec2.SecurityGroup(
             f"{name}-sg",
             vpc_id=c.vpc_id,
@@ -63,21 +66,38 @@ class AuroraCluster(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        # 5432 only from the configured groups and CIDRs, and from the group itself (the proxy reaches the cluster so).
-        sources: list[tuple[str, dict[str, Any]]] = [
+        self.proxy_security_group = (
+            aws.ec2.SecurityGroup(
+                f"{name}-proxy-sg",
+                vpc_id=c.vpc_id,
+                description=f"wishlist {args.stack} RDS Proxy: 5432 from allowed clients, out to the cluster only",
+                tags=tags,
+                opts=child,
+            )
+            if c.proxy
+            else None
+        )
+        clients: list[tuple[str, dict[str, Any]]] = [
             *((f"sg-{i}", {"referenced_security_group_id": sg}) for i, sg in enumerate(c.allowed_security_group_ids)),
             *((f"cidr-{i}", {"cidr_ipv4": cidr}) for i, cidr in enumerate(c.allowed_cidrs)),
-            ("self", {"referenced_security_group_id": self.security_group.id}),
         ]
-        for suffix, source in sources:
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-in-{suffix}",
-                security_group_id=self.security_group.id,
+        rules: list[tuple[str, pulumi.Output[str], dict[str, Any]]] = [(f"in-{k}", self.security_group.id, v) for k, v in clients]
+        if self.proxy_security_group is not None:
+            proxy_sg = self.proxy_security_group.id
+            rules += [("in-proxy", self.security_group.id, {"referenced_security_group_id": proxy_sg})]
+            rules += [(f"proxy-in-{k}", proxy_sg, v) for k, v in clients]
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-proxy-out-cluster",
+                security_group_id=proxy_sg,
+                referenced_security_group_id=self.security_group.id,
                 ip_protocol="tcp",
                 from_port=PORT,
                 to_port=PORT,
                 opts=child,
-                **source,
+            )
+        for suffix, group, source in rules:
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-{suffix}", security_group_id=group, ip_protocol="tcp", from_port=PORT, to_port=PORT, opts=child, **source
             )
 
         self.parameter_group = aws.rds.ClusterParameterGroup(
@@ -144,9 +164,11 @@ class AuroraCluster(pulumi.ComponentResource):
         ]
 
         self.secret_arn = self.cluster.master_user_secrets.apply(lambda s: (s[0].secret_arn or "") if s else "")
-        self.endpoint = self.cluster.endpoint
+        # Just after the cluster exists there is no instance to connect to: the endpoint resolves (and every input made
+        # from it depends) only once all instances are up.
+        self.endpoint = pulumi.Output.all(self.cluster.endpoint, *(i.id for i in self.instances)).apply(lambda a: str(a[0]))
         self.reader_endpoint = self.cluster.reader_endpoint
-        self.proxy_endpoint = self._proxy(name, args, tags, key_arn, child).endpoint if c.proxy else None
+        self.proxy_endpoint = self._proxy(name, args, tags, child).endpoint if c.proxy else None
         self.register_outputs(
             {
                 "endpoint": self.endpoint,
@@ -156,10 +178,8 @@ class AuroraCluster(pulumi.ComponentResource):
             }
         )
 
-    def _proxy(
-        self, name: str, args: AuroraClusterArgs, tags: dict[str, str], key_arn: pulumi.Output[str] | None, child: pulumi.ResourceOptions
-    ) -> aws.rds.Proxy:
-        """RDS Proxy for connection pooling: TLS required, IAM auth for clients, credentials from Secrets Manager."""
+    def _proxy(self, name: str, args: AuroraClusterArgs, tags: dict[str, str], child: pulumi.ResourceOptions) -> aws.rds.Proxy:
+        """RDS Proxy for connection pooling: TLS required, IAM auth from the client through to the database."""
         role = aws.iam.Role(
             f"{name}-proxy-role",
             assume_role_policy=json.dumps(
@@ -171,33 +191,34 @@ class AuroraCluster(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        statements = pulumi.Output.all(self.secret_arn, key_arn).apply(
+        # End-to-end IAM: the proxy logs in to the database as the client's own role with an IAM token, so it holds no
+        # secret at all, and its role may connect as the application roles only (not the master, not the migrator).
+        identity = aws.get_caller_identity_output()
+        partition = aws.get_partition_output()
+        policy = pulumi.Output.all(partition.partition, identity.account_id, self.cluster.cluster_resource_id).apply(
             lambda a: json.dumps(
                 {
                     "Version": "2012-10-17",
                     "Statement": [
-                        {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"], "Resource": a[0]},
-                        *([{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": a[1]}] if a[1] else []),
+                        {
+                            "Effect": "Allow",
+                            "Action": "rds-db:connect",
+                            "Resource": [f"arn:{a[0]}:rds-db:{args.region}:{a[1]}:dbuser:{a[2]}/{user}" for user in args.proxy_users],
+                        }
                     ],
                 }
             )
         )
-        aws.iam.RolePolicy(f"{name}-proxy-secret", role=role.id, policy=statements, opts=child)
+        aws.iam.RolePolicy(f"{name}-proxy-connect", role=role.id, policy=policy, opts=child)
+        assert self.proxy_security_group is not None
         proxy = aws.rds.Proxy(
             f"{name}-proxy",
             engine_family="POSTGRESQL",
             require_tls=True,
             role_arn=role.arn,
             vpc_subnet_ids=list(args.config.subnet_ids),
-            vpc_security_group_ids=[self.security_group.id],
-            auths=[
-                aws.rds.ProxyAuthArgs(
-                    auth_scheme="SECRETS",
-                    iam_auth="REQUIRED",
-                    secret_arn=self.secret_arn,
-                    description="master credentials from Secrets Manager",
-                )
-            ],
+            vpc_security_group_ids=[self.proxy_security_group.id],
+            default_auth_scheme="IAM_AUTH",
             idle_client_timeout=1800,
             debug_logging=False,
             tags=tags,

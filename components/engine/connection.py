@@ -33,6 +33,7 @@ class ConnectionSettings:
     sslmode: str = "prefer"
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
     application_name: str = "wishlist-migrate"
+    sslrootcert: str | None = None  # CA bundle for verify-ca/verify-full (AWS: the RDS CA bundle)
 
     @classmethod
     def from_dsn(cls, dsn: str | None, env: Mapping[str, str] | None = None) -> ConnectionSettings:
@@ -97,6 +98,8 @@ class ConnectionSettings:
         }
         if self.password is not None:
             kwargs["password"] = self.password
+        if self.sslrootcert is not None:
+            kwargs["sslrootcert"] = self.sslrootcert
         if options:
             kwargs["options"] = options
         try:

@@ -57,6 +57,8 @@ def stack(pg_cluster: localpg.Cluster, admin: ConnectionSettings, tmp_path_facto
     dbname = f"e2e_{secrets.token_hex(4)}"
     with admin.connect() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    with admin.with_database(dbname).connect() as conn:
+        conn.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")  # what PostgreSQL 14 (still allowed in config) starts with
     passwords = {role: secrets.token_hex(16) for role in ROLES}
     project = dev_project(root, port=pg_cluster.port, dbname=dbname, admin_password=pg_cluster.admin_password, role_passwords=passwords)
     s = Stack(project, admin.with_database(dbname), passwords | {"admin": pg_cluster.admin_password})
@@ -110,6 +112,26 @@ def test_2_up_creates_roles_grants_and_the_verified_schema(stack: Stack) -> None
         assert ro.execute("SELECT count(*) FROM wishlist_items").fetchone() == (1,)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             ro.execute("DELETE FROM wishlist_items")
+
+
+def test_2a_least_privilege_holds_for_later_sequences_and_for_public(stack: Stack) -> None:
+    """A later migration's serial column works for the app at once; PUBLIC keeps nothing on `public`."""
+    assert q(stack.db, "SELECT has_schema_privilege('public', 'public', 'CREATE'), has_schema_privilege('public', 'public', 'USAGE')") == [
+        (False, False)
+    ]
+    with stack.as_role("wishlist_migrator").connect() as mig:
+        mig.execute("CREATE TABLE later_serial (id serial PRIMARY KEY, note text)")  # as a later migration would
+    try:
+        with stack.as_role("wishlist_app").connect() as app:
+            app.execute("INSERT INTO later_serial (note) VALUES ('first')")
+            assert app.execute("SELECT currval('later_serial_id_seq')").fetchone() == (1,)
+        with stack.as_role("wishlist_readonly").connect() as ro:
+            assert ro.execute("SELECT last_value FROM later_serial_id_seq").fetchone() == (1,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                ro.execute("SELECT nextval('later_serial_id_seq')")
+    finally:
+        with stack.as_role("wishlist_migrator").connect() as mig:
+            mig.execute("DROP TABLE later_serial")
 
 
 def test_3_second_up_changes_nothing(stack: Stack) -> None:

@@ -31,6 +31,9 @@ DEV_PASSWORDS = {
 class Mocks(pulumi.runtime.Mocks):
     """Outputs the real providers would compute; everything else echoes the inputs."""
 
+    def __init__(self, master_password: str = MASTER_PASSWORD) -> None:
+        self.master_password = master_password  # what Secrets Manager holds now (rotation: change it between runs)
+
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         state = dict(args.inputs)
         name = args.name
@@ -46,6 +49,7 @@ class Mocks(pulumi.runtime.Mocks):
                     }
                 ],
                 "port": 5432,
+                "clusterResourceId": f"cluster-{name.upper()}RESOURCEID",
             }
         elif args.typ == "aws:rds/proxy:Proxy":
             state |= {"endpoint": f"{name}.proxy-abc.us-east-1.rds.amazonaws.com", "name": name}
@@ -62,12 +66,16 @@ class Mocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         if args.token == "aws:secretsmanager/getSecretVersion:getSecretVersion":
             return {
-                "secretString": json.dumps({"username": "wishlist_admin", "password": MASTER_PASSWORD}),
+                "secretString": json.dumps({"username": "wishlist_admin", "password": self.master_password}),
                 "arn": args.args.get("secretId"),
                 "id": "v1",
                 "versionId": "v1",
                 "secretId": args.args.get("secretId"),
             }
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": "123456789012", "arn": "arn:aws:iam::123456789012:user/ci", "userId": "ci", "id": "123456789012"}
+        if args.token == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
         return {}
 
 
@@ -165,10 +173,12 @@ def stack_config(stack: str) -> dict[str, Any]:
     return dict(data.get("config") or {})
 
 
-def run_program(stack: str, config: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Program:
+def run_program(
+    stack: str, config: dict[str, Any] | None = None, environ: dict[str, str] | None = None, master_password: str = MASTER_PASSWORD
+) -> Program:
     """Run __main__.py as the engine would, under mocks, and return what it registered."""
     cfg = stack_config(stack) if config is None else config
-    monitor = RecordingMonitor(Mocks())
+    monitor = RecordingMonitor(Mocks(master_password))
     saved = deepcopy(settings.SETTINGS)
     old_env = dict(os.environ)
     old_cwd = Path.cwd()
@@ -177,7 +187,7 @@ def run_program(stack: str, config: dict[str, Any] | None = None, environ: dict[
     os.environ.update(environ if environ is not None else DEV_PASSWORDS)
     os.chdir(REPO)
     try:
-        mocks.set_mocks(Mocks(), project="wishlist-infra", stack=stack, preview=False, monitor=monitor)
+        mocks.set_mocks(Mocks(master_password), project="wishlist-infra", stack=stack, preview=False, monitor=monitor)
         pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in cfg.items()})
 
         @pulumi.runtime.test

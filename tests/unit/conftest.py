@@ -1,0 +1,12 @@
+"""Unit fixtures: each stack file's program, run once under mocks and shared by the tests that only read it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.harness import Program, run_program
+
+
+@pytest.fixture(scope="session")
+def programs() -> dict[str, Program]:
+    return {stack: run_program(stack) for stack in ("dev", "staging", "prod")}

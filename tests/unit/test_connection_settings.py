@@ -1,0 +1,32 @@
+"""ConnectionSettings hands libpq exactly the TLS settings it was given (no I/O: psycopg.connect is replaced)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from components.engine.connection import ConnectionSettings
+
+
+def _connect_kwargs(monkeypatch: pytest.MonkeyPatch, settings: ConnectionSettings) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def fake_connect(**kwargs: Any) -> object:
+        seen.update(kwargs)
+        return object()
+
+    monkeypatch.setattr(psycopg, "connect", fake_connect)
+    settings.connect()
+    return seen
+
+
+def test_sslrootcert_is_passed_to_libpq_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    kwargs = _connect_kwargs(monkeypatch, ConnectionSettings(sslmode="verify-full", sslrootcert="certs/rds-ca-bundle.pem"))
+    assert kwargs["sslmode"] == "verify-full" and kwargs["sslrootcert"] == "certs/rds-ca-bundle.pem"
+
+
+def test_no_sslrootcert_leaves_libpq_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    kwargs = _connect_kwargs(monkeypatch, ConnectionSettings(sslmode="disable"))
+    assert "sslrootcert" not in kwargs and kwargs["sslmode"] == "disable"
