@@ -52,6 +52,7 @@ migration = SchemaMigration(
         auth="iam" if cfg.is_aws else "password",
         region=cfg.region,
         sslmode=cfg.db.sslmode,
+        sslrootcert=cfg.db.sslrootcert,
         target_version=cfg.migrations.target,
         allow_rollback=cfg.migrations.allow_rollback,
         destroy_drops_schema=cfg.migrations.destroy_drops_schema,

@@ -157,6 +157,7 @@ class SchemaMigrationProvider(ResourceProvider):
             user=str(args.user),
             password=password,
             sslmode=args.sslmode,
+            sslrootcert=args.sslrootcert,
             connect_timeout=args.connect_timeout,
             application_name="wishlist-pulumi",
         )

@@ -28,6 +28,10 @@ def provider_inputs(settings: ConnectionSettings, mset: MigrationSet, **extra: A
         set_dir=str(mset.directory),
         options=options,
         password_env=PASSWORD_ENV,
-        **{"sslmode": settings.sslmode, "connect_timeout": settings.connect_timeout, **{k: v for k, v in extra.items() if k not in option_names}},
+        **{
+            "sslmode": settings.sslmode,
+            "connect_timeout": settings.connect_timeout,
+            **{k: v for k, v in extra.items() if k not in option_names},
+        },
     )
     return args.to_props(mset)

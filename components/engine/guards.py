@@ -8,8 +8,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from psycopg import sql
-
 from .connection import ConnectionSettings
 from .errors import LockTimeout, NotWritable, PermissionMissing
 from .options import RunOptions
@@ -49,7 +47,7 @@ def preflight(conn: psycopg.Connection[Any], settings: ConnectionSettings, schem
         {"schema": schema, "ledger": ledger_schema, "privs": list(TABLE_PRIVILEGES)},
     ).fetchone()
     assert row is not None
-    (user, standby, tx_ro, default_ro, has_schema, schema_missing, ledger_exists, db_create, ledger_missing, table_missing) = row[:10]
+    (_user, standby, tx_ro, default_ro, has_schema, schema_missing, ledger_exists, db_create, ledger_missing, table_missing) = row[:10]
     # Names as PostgreSQL quotes them (only when needed), so the printed fix commands run as they are.
     db, who, s_id, l_id = row[10:]
     where = settings.describe()
@@ -71,8 +69,7 @@ def preflight(conn: psycopg.Connection[Any], settings: ConnectionSettings, schem
         missing.append(f"{privs} on schema {s_id} (GRANT {privs} ON SCHEMA {s_id} TO {who})")
     if not ledger_exists and not db_create:
         missing.append(
-            f"CREATE on database {db} to create the ledger schema {l_id} "
-            f"(or create it first: CREATE SCHEMA {l_id} AUTHORIZATION {who})"
+            f"CREATE on database {db} to create the ledger schema {l_id} (or create it first: CREATE SCHEMA {l_id} AUTHORIZATION {who})"
         )
     if ledger_missing:
         privs = ", ".join(ledger_missing)

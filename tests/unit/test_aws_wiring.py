@@ -149,7 +149,8 @@ def test_aws_connections_verify_the_server_against_the_rds_ca_bundle(programs: d
     p = programs[stack]
     provider = p.one("pulumi:providers:postgresql").inputs
     assert provider["sslmode"] == "verify-full" and provider["sslrootcert"] == "certs/rds-ca-bundle.pem"
-    assert p.one(MIGRATION).inputs["sslmode"] == "verify-full"
+    migration = p.one(MIGRATION).inputs
+    assert migration["sslmode"] == "verify-full" and migration["sslrootcert"] == "certs/rds-ca-bundle.pem"
     bootstrap = p.one(BOOTSTRAP).inputs
     assert bootstrap["sslmode"] == "verify-full" and bootstrap["sslrootcert"] == "certs/rds-ca-bundle.pem"
 

@@ -147,7 +147,10 @@ def test_migration_connects_as_the_migrator_after_access_and_before_table_grants
     assert "password" not in mig.inputs
     assert all(not str(v).startswith("dev-") for v in mig.inputs.values())
     if stack == "dev":
-        assert (mig.inputs["password_config_key"], mig.inputs["password_env"]) == ("wishlist:migratorPassword", "WISHLIST_MIGRATOR_PASSWORD")
+        assert (mig.inputs["password_config_key"], mig.inputs["password_env"]) == (
+            "wishlist:migratorPassword",
+            "WISHLIST_MIGRATOR_PASSWORD",
+        )
     else:
         assert mig.inputs.get("password_config_key") is None and mig.inputs.get("password_env") is None
     access = {r.urn for r in p.registrations if r.type.startswith("postgresql:index/") and "table-grants" not in r.name}
