@@ -204,7 +204,7 @@ def test_an_edited_snapshot_is_refused_and_apply_enforces_the_previewed_fingerpr
     snap = json.loads(path.read_text())
     snap["catalog"].pop(next(k for k in snap["catalog"] if k.startswith("index:")))
     path.write_text(json.dumps(snap, indent=2, sort_keys=True) + "\n")
-    with pytest.raises(ChecksumMismatch, match="0007_snapshot.json was changed after the journal was written"):
+    with pytest.raises(ChecksumMismatch, match=r"0007_snapshot\.json was changed after the journal was written"):
         migset.load(set_copy)
     mset = migset.load(REPO / "migrations" / "app")
     with pytest.raises(ChecksumMismatch, match="meta/ changed since the preview"):
