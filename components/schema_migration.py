@@ -72,6 +72,9 @@ class SchemaMigrationArgs:
         """The inputs back from properties (state or the wire); missing keys keep their defaults."""
         names = {f.name for f in fields(cls)} - {"options", "gate_stack", "gate_applied"}
         given = {k: props[k] for k in names if props.get(k) is not None}
+        for key in ("port", "connect_timeout"):  # Pulumi sends numbers as floats
+            if isinstance(given.get(key), float):
+                given[key] = int(given[key])
         gate = props.get("gate") or {}
         return replace(
             cls(host="", port=0, database="", user="", set_dir=""),
@@ -149,10 +152,10 @@ class SchemaMigrationProvider(ResourceProvider):
     def settings(self, args: SchemaMigrationArgs) -> ConnectionSettings:
         password = self._password(args)
         if args.auth == "iam":
-            password = _iam_token(str(args.host), int(str(args.port)), str(args.user), args.region or "")
+            password = _iam_token(str(args.host), int(float(str(args.port))), str(args.user), args.region or "")
         return ConnectionSettings(
             host=str(args.host),
-            port=int(str(args.port)),
+            port=int(float(str(args.port))),
             dbname=str(args.database),
             user=str(args.user),
             password=password,

@@ -31,5 +31,13 @@ class RunOptions:
     @classmethod
     def from_props(cls, props: dict[str, Any]) -> RunOptions:
         """Options from flat properties; a missing or null key keeps its default."""
-        given = {f.name: props[f.name] for f in fields(cls) if props.get(f.name) is not None}
-        return replace(cls(), **given)
+        defaults = cls()
+        given: dict[str, Any] = {}
+        for f in fields(cls):
+            value = props.get(f.name)
+            if value is None:
+                continue
+            default = getattr(defaults, f.name)
+            # Pulumi sends every number as a float (60000.0): coerce to the type of the default.
+            given[f.name] = int(value) if isinstance(default, int) and not isinstance(default, bool) else value
+        return replace(defaults, **given)
