@@ -20,6 +20,12 @@ class SetError(MigrationError):
     code = "bad-migration-set"
 
 
+class TransactionControl(SetError):
+    """A migration file controls transactions itself (BEGIN, COMMIT, SAVEPOINT, ...); the engine owns them."""
+
+    code = "transaction-control"
+
+
 class ChecksumMismatch(SetError):
     """A file differs from the journal, or an applied file differs from the ledger."""
 

@@ -6,12 +6,13 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog, fingerprint
-from .errors import ChecksumMismatch, SetError, UnknownVersion
-from .sqltext import Statement, header_markers, split_statements
+from .errors import ChecksumMismatch, SetError, TransactionControl, UnknownVersion
+from .sqltext import Statement, header_markers, is_transaction_control, split_statements
 
 JOURNAL_FORMAT = 1
 _UP_FILE = re.compile(r"^(?P<version>\d{4,})_(?P<name>[a-z0-9_]+)\.sql$")
@@ -22,6 +23,23 @@ SNAPSHOT_HINT = "run `python -m components.migrate snapshot --set {set_dir}` to 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def file_statements(path: str, sql: str, *, transactional: bool = True) -> list[Statement]:
+    """The statements of one migration file; transaction control is refused, because the engine owns transactions."""
+    statements = split_statements(sql, path)
+    for stmt in statements:
+        if is_transaction_control(stmt):
+            shown = " ".join(stmt.text.split())[:80]
+            raise TransactionControl(
+                f"{path} line {stmt.line}: `{shown}` controls the transaction, which the engine owns.",
+                f"the engine runs each file in its own transaction; remove `{shown}`; for work that must run outside a transaction, "
+                "mark the file `-- migrate:no-transaction`."
+                if transactional
+                else f"a `-- migrate:no-transaction` file runs each statement on its own, outside any transaction; remove `{shown}`, "
+                "and put work that must be atomic in a file without that marker (the engine runs it in one transaction).",
+            )
+    return statements
 
 
 @dataclass(frozen=True)
@@ -62,11 +80,19 @@ class Migration:
     def fingerprint(self) -> str | None:
         return None if self.snapshot is None else fingerprint(self.snapshot)
 
+    @cached_property
+    def _up_statements(self) -> tuple[Statement, ...]:
+        return tuple(file_statements(self.up_file, self.up_sql, transactional=self.transactional))
+
+    @cached_property
+    def _down_statements(self) -> tuple[Statement, ...]:
+        return tuple(file_statements(self.down_file or f"{self.label}.down.sql", self.down_sql or ""))  # downs run in a transaction
+
     def statements(self) -> list[Statement]:
-        return split_statements(self.up_sql)
+        return list(self._up_statements)
 
     def down_statements(self) -> list[Statement]:
-        return split_statements(self.down_sql or "")
+        return list(self._down_statements)
 
 
 @dataclass(frozen=True)
@@ -276,21 +302,23 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
         if snap_path.exists() or require_snapshots:
             snapshot = _load_snapshot(snap_path, entry, directory)
         up_sql = up_bytes.decode()
-        migrations.append(
-            Migration(
-                version=version,
-                name=scanned.name,
-                up_file=str(scanned.up),
-                up_sql=up_sql,
-                checksum=checksum,
-                down_file=None if scanned.down is None else str(scanned.down),
-                down_sql=down_sql,
-                down_checksum=down_checksum,
-                markers=header_markers(up_sql),
-                snapshot=snapshot,
-                down_markers=header_markers(down_sql or ""),
-            )
+        migration = Migration(
+            version=version,
+            name=scanned.name,
+            up_file=str(scanned.up),
+            up_sql=up_sql,
+            checksum=checksum,
+            down_file=None if scanned.down is None else str(scanned.down),
+            down_sql=down_sql,
+            down_checksum=down_checksum,
+            markers=header_markers(up_sql),
+            snapshot=snapshot,
+            down_markers=header_markers(down_sql or ""),
         )
+        # Parsed now and kept: a syntax error or transaction control fails check and plan, naming the file, before anything runs.
+        migration.statements()
+        migration.down_statements()
+        migrations.append(migration)
     if files:
         stray = ", ".join(f.up.name for f in files.values())
         raise SetError(f"{stray} in {directory} is not in the journal.", SNAPSHOT_HINT.format(set_dir=directory))

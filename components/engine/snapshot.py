@@ -11,8 +11,8 @@ from psycopg import sql
 from . import catalog as cat
 from .connection import ConnectionSettings
 from .errors import SetError, StatementFailed
-from .migset import NO_TRANSACTION, scan, write_meta
-from .sqltext import header_markers, split_statements
+from .migset import NO_TRANSACTION, file_statements, scan, write_meta
+from .sqltext import header_markers
 
 
 def current_schema(directory: Path, default: str = "public") -> str:
@@ -33,6 +33,13 @@ def generate(settings: ConnectionSettings, directory: Path, schema: str | None =
     files = scan(directory)
     if not files:
         raise SetError(f"{directory} holds no NNNN_name.sql file.", "add the first migration, then run snapshot again.")
+    parsed = []  # every file is parsed before anything is created: a bad one is refused with nothing to clean up
+    for f in files:
+        text = f.up.read_bytes().decode()
+        transactional = NO_TRANSACTION not in header_markers(text)
+        parsed.append((f, transactional, file_statements(str(f.up), text, transactional=transactional)))
+        if f.down is not None:
+            file_statements(str(f.down), f.down.read_bytes().decode())
     scratch = f"wishlist_snapshot_{secrets.token_hex(4)}"
     with settings.connect(autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
@@ -40,16 +47,14 @@ def generate(settings: ConnectionSettings, directory: Path, schema: str | None =
         snapshots: dict[str, cat.Catalog] = {}
         with settings.with_database(scratch).connect(autocommit=True, search_path=schema) as conn:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            for f in files:
-                text = f.up.read_text()
-                transactional = NO_TRANSACTION not in header_markers(text)
+            for f, transactional, statements in parsed:
                 try:
                     if transactional:
                         with conn.transaction():
-                            for stmt in split_statements(text):
+                            for stmt in statements:
                                 conn.execute(stmt.text.encode(), prepare=False)
                     else:
-                        for stmt in split_statements(text):
+                        for stmt in statements:
                             conn.execute(stmt.text.encode(), prepare=False)
                 except Exception as exc:
                     raise StatementFailed(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,11 +22,13 @@ from psycopg import sql
 from components.engine import migset
 from components.engine.connection import ConnectionSettings
 from components.engine.engine import Engine
-from components.engine.errors import ConnectFailed, MigrationError, NotWritable, SetError, UnknownVersion
+from components.engine.errors import ConnectFailed, MigrationError, NotWritable, SetError, TransactionControl, UnknownVersion
+from components.engine.snapshot import generate
 from components.engine.options import RunOptions
 from devtools import localpg
 from tests.conftest import REPO
 from tests.integration.reliability import record
+from tests.integration.test_engine_safety import cli_process
 from tests.integration.test_wish2007 import ledger_rows, q
 
 
@@ -229,3 +232,45 @@ def test_cli_errors_are_one_line_and_mask_passwords(fresh_db: ConnectionSettings
     assert proc.returncode == 1 and proc.stderr.startswith("error: cannot connect") and proc.stderr.count("\n") == 1
     assert "Cl1-Secret-pw" not in proc.stderr + proc.stdout
     record("bad input: wrong password through the CLI", "one-line error, password masked", survived=True)
+
+
+def _add_by_hand(set_copy: Path, name: str, text: str) -> None:
+    """A new migration whose journal entry and snapshot are written by hand (snapshot refuses such a file)."""
+    (set_copy / name).write_text(text)
+    version = name[:4]
+    data = _journal(set_copy)
+    data["entries"].append(
+        {"version": version, "name": name[5:-4], "up": {"file": name, "sha256": migset.sha256_hex(text.encode())}, "down": None}
+    )
+    _write_journal(set_copy, data)
+    shutil.copy(set_copy / "meta/0007_snapshot.json", set_copy / f"meta/{version}_snapshot.json")
+
+
+def test_transaction_control_is_refused_before_anything_runs(fresh_db: ConnectionSettings, set_copy: Path) -> None:
+    """A COMMIT between CREATE TABLE a and a statement failing on the data would leave `a` behind: refused at load."""
+    Engine(fresh_db, migset.load(set_copy)).apply()
+    with fresh_db.connect() as conn:
+        conn.execute("INSERT INTO wishlist_items (user_id, title, store) VALUES ('u', 'a', 'LEGO'), ('u', 'b', 'LEGO')")
+    _add_by_hand(
+        set_copy, "0008_one_per_user.sql", "CREATE TABLE a (id int);\nCOMMIT;\nCREATE UNIQUE INDEX one ON wishlist_items (user_id);\n"
+    )
+    match = r"0008_one_per_user\.sql line 2: `COMMIT`"
+    _refused(fresh_db, "COMMIT in a migration (plan)", TransactionControl, lambda: (e := Engine(fresh_db, migset.load(set_copy))).plan(e.mset.latest), match)
+    _refused(fresh_db, "COMMIT in a migration (apply)", TransactionControl, lambda: Engine(fresh_db, migset.load(set_copy)).apply(), match)
+    proc = cli_process(fresh_db, "apply", set_dir=set_copy)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and err.startswith(f"error: {set_copy / '0008_one_per_user.sql'} line 2: `COMMIT`"), (out, err)
+    assert err.count("\n") == 1
+    assert q(fresh_db, "SELECT to_regclass('a')") == [(None,)]
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007"]
+
+
+def test_snapshot_refuses_transaction_control_before_creating_anything(admin: ConnectionSettings, set_copy: Path) -> None:
+    (set_copy / "0008_savepoint.sql").write_text("CREATE TABLE a (id int);\nSAVEPOINT s;\nCREATE TABLE b (id int);\n")
+    journal = (set_copy / "meta/_journal.json").read_text()
+    databases = q(admin, "SELECT datname FROM pg_database ORDER BY 1")
+    with pytest.raises(TransactionControl, match=r"0008_savepoint\.sql line 2: `SAVEPOINT s`.*Fix:"):
+        generate(admin, set_copy)
+    assert q(admin, "SELECT datname FROM pg_database ORDER BY 1") == databases
+    assert (set_copy / "meta/_journal.json").read_text() == journal and not (set_copy / "meta/0008_snapshot.json").exists()
+    record("bad input: SAVEPOINT in a file given to snapshot", "refused before the scratch database was created", survived=True)

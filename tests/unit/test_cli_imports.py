@@ -12,3 +12,10 @@ def test_cli_does_not_import_pulumi() -> None:
     code = "import sys, runpy; sys.argv = ['migrate', 'check']; import components.migrate as m; m.main(['check']); print(sorted(k for k in sys.modules if k.split('.')[0] in ('pulumi', 'pulumi_aws', 'pulumi_postgresql', 'grpc')))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, text=True, capture_output=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]", out
+
+
+def test_cli_help_does_not_import_the_sql_parser() -> None:
+    """pglast costs tens of milliseconds to import: only commands that read SQL may pay for it."""
+    code = "import sys, contextlib, io\nimport components.migrate as m\nwith contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): m.main(['--help'])\nprint(sorted(k for k in sys.modules if k.split('.')[0] == 'pglast'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, text=True, capture_output=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
