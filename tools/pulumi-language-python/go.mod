@@ -3,10 +3,10 @@
 // to PULUMI_VERSION in versions.env.
 module local/pulumi-language-python
 
-go 1.26.0
+go 1.26.6
 
 require (
-	github.com/pulumi/pulumi/sdk/v3 v3.259.0
+	github.com/pulumi/pulumi/sdk/v3 v3.260.0
 	google.golang.org/grpc v1.82.1
 	google.golang.org/protobuf v1.36.11
 )
