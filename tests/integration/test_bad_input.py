@@ -23,8 +23,8 @@ from components.engine import migset
 from components.engine.connection import ConnectionSettings
 from components.engine.engine import Engine
 from components.engine.errors import ConnectFailed, MigrationError, NotWritable, SetError, TransactionControl, UnknownVersion
-from components.engine.snapshot import generate
 from components.engine.options import RunOptions
+from components.engine.snapshot import generate
 from devtools import localpg
 from tests.conftest import REPO
 from tests.integration.reliability import record
@@ -255,7 +255,13 @@ def test_transaction_control_is_refused_before_anything_runs(fresh_db: Connectio
         set_copy, "0008_one_per_user.sql", "CREATE TABLE a (id int);\nCOMMIT;\nCREATE UNIQUE INDEX one ON wishlist_items (user_id);\n"
     )
     match = r"0008_one_per_user\.sql line 2: `COMMIT`"
-    _refused(fresh_db, "COMMIT in a migration (plan)", TransactionControl, lambda: (e := Engine(fresh_db, migset.load(set_copy))).plan(e.mset.latest), match)
+    _refused(
+        fresh_db,
+        "COMMIT in a migration (plan)",
+        TransactionControl,
+        lambda: (e := Engine(fresh_db, migset.load(set_copy))).plan(e.mset.latest),
+        match,
+    )
     _refused(fresh_db, "COMMIT in a migration (apply)", TransactionControl, lambda: Engine(fresh_db, migset.load(set_copy)).apply(), match)
     proc = cli_process(fresh_db, "apply", set_dir=set_copy)
     out, err = proc.communicate(timeout=60)
