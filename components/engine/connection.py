@@ -86,7 +86,9 @@ class ConnectionSettings:
         """Open a connection; failures become ConnectFailed with the password masked."""
         import psycopg
 
-        options = f"-c search_path={search_path}" if search_path else None
+        # Quoted as an identifier, with spaces and backslashes escaped for libpq's options syntax.
+        quoted = None if search_path is None else '"' + search_path.replace('"', '""') + '"'
+        options = None if quoted is None else "-c search_path=" + quoted.replace("\\", "\\\\").replace(" ", "\\ ")
         kwargs: dict[str, Any] = {
             "host": self.host,
             "port": self.port,

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from . import catalog as cat
 from .connection import ConnectionSettings
-from .errors import ChecksumMismatch, DriftDetected, LintRefused, MigrationError, RollbackRefused
+from .errors import ChecksumMismatch, DriftDetected, LintRefused, MigrationError, PermissionMissing, RollbackRefused
 from .guards import advisory_key, migration_lock, preflight
 from .ledger import LEDGER_FORMAT, Ledger, LedgerState
 from .lint import Finding, lint
 from .migset import MigrationSet
 from .options import RunOptions
-from .pgerrors import translate
+from .pgerrors import first_line, translate
 from .planner import LATEST, Gate, Plan, Step, check_checksums, check_identity, check_owner, parse_target, plan_steps, target_prop
 from .runner import StepRunner
 
@@ -95,7 +95,19 @@ class Engine:
             conn.close()
 
     def read_state(self, conn: psycopg.Connection[Any]) -> LedgerState:
-        state = self.ledger.read(conn)
+        import psycopg
+
+        try:
+            state = self.ledger.read(conn)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            schema = self.ledger.schema
+            raise PermissionMissing(
+                f"role {self.settings.user} cannot read the ledger {schema}.applied on {self.settings.describe()} "
+                f"({first_line(exc, self.settings)}). Nothing was written.",
+                f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {self.settings.user}; "
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {self.settings.user} "
+                "(quote names as needed; the access component does this for wishlist_migrator).",
+            ) from None
         check_owner(state, self.options.stack)
         check_checksums(self.mset, state)
         check_identity(self.mset, state)

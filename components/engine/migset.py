@@ -39,6 +39,16 @@ def file_statements(path: str, sql: str, *, transactional: bool = True) -> list[
                 else f"a `-- migrate:no-transaction` file runs each statement on its own, outside any transaction; remove `{shown}`, "
                 "and put work that must be atomic in a file without that marker (the engine runs it in one transaction).",
             )
+        if stmt.kind == "IndexStmt" and "CONCURRENTLY" in stmt.text.upper():
+            from .statement_kinds import concurrent_index
+
+            op = concurrent_index(stmt.text)
+            if op is not None and op.action == "create" and not op.names:
+                raise SetError(
+                    f"{path} line {stmt.line}: `CREATE INDEX CONCURRENTLY` has no index name.",
+                    "name the index (CREATE INDEX CONCURRENTLY idx_... ON ...): an interrupted build leaves an invalid index "
+                    "that a resumed run must find by name to drop and build again.",
+                )
     return statements
 
 

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import psycopg
 
 LOCK_NOT_AVAILABLE = "55P03"
+# Statements PostgreSQL refuses inside a transaction block (besides CONCURRENTLY index operations).
+OUTSIDE_ONLY = frozenset({"VacuumStmt", "CreatedbStmt", "DropdbStmt", "AlterSystemStmt", "CreateTableSpaceStmt", "DropTableSpaceStmt"})
 
 
 def whoami() -> str:
@@ -46,16 +48,16 @@ def snippet(stmt: Statement) -> str:
 class _Failed(Exception):
     """A statement failed; carries what the runner needs to tell the truth about it."""
 
-    def __init__(self, exc: Exception, index: int, stmt: Statement) -> None:
+    def __init__(self, exc: Exception, index: int, stmt: Statement, *, maybe_done: bool = False) -> None:
         super().__init__(str(exc))
-        self.exc, self.index, self.stmt = exc, index, stmt
+        self.exc, self.index, self.stmt, self.maybe_done = exc, index, stmt, maybe_done
         self.state = sqlstate(exc)
 
     @property
     def connection_lost(self) -> bool:
         import psycopg
 
-        return isinstance(self.exc, psycopg.OperationalError) and not self.state
+        return self.maybe_done or (isinstance(self.exc, psycopg.OperationalError) and not self.state)
 
 
 @dataclass
@@ -157,7 +159,7 @@ class StepRunner:
     def _outside_transaction(
         self, step: Step, label: str, statements: list[Statement], expected_version: str | None, expected: cat.Catalog, started: float
     ) -> str:
-        m, total, start = step.migration, len(statements), step.resume_from
+        total, start = len(statements), step.resume_from
         if not step.resuming:
             self._record(step, started, None, status=STARTED, done=0, digest=statements_digest([]))
         else:
@@ -166,9 +168,13 @@ class StepRunner:
         for index in range(start, total):
             stmt = statements[index]
             try:
+                if concurrent_index(stmt.text) is None and stmt.kind not in OUTSIDE_ONLY:
+                    # The statement and its progress row commit together: a kill between them cannot happen.
+                    self._statement_with_progress(step, statements, index, label)
+                    continue
                 if not (index == start and step.resuming and self._already_done(stmt, label)):
                     self._execute_one(stmt, index + 1, total, label)
-                self.ledger.progress(self.conn, m.version, index + 1, statements_digest(statements[: index + 1]))
+                self._progress(step, statements, index, stmt)
             except _Failed as failed:
                 raise self._partial(step, label, failed, total) from None
         live = cat.introspect(self.conn, self.schema)
@@ -176,6 +182,38 @@ class StepRunner:
         fingerprint = cat.fingerprint(live)
         self._record(step, started, fingerprint)
         return fingerprint
+
+    def _statement_with_progress(self, step: Step, statements: list[Statement], index: int, label: str) -> None:
+        stmt, total = statements[index], len(statements)
+        for attempt in range(self.options.ddl_retries + 1):
+            try:
+                with self.conn.transaction():
+                    self._execute_one(stmt, index + 1, total, label)
+                    self._progress(step, statements, index, stmt)
+                return
+            except _Failed as failed:
+                if failed.state != LOCK_NOT_AVAILABLE or attempt == self.options.ddl_retries:
+                    raise
+                delay = self._backoff(attempt)
+                self.progress(
+                    f"{label}: statement {index + 1}/{total} waited over lock_timeout for a table lock ({self._blockers(stmt)}); "
+                    f"nothing of it was done, retry {attempt + 1}/{self.options.ddl_retries} in {int(delay * 1000)} ms"
+                )
+                self.sleep(delay)
+            except Exception as exc:
+                import psycopg
+
+                if isinstance(exc, psycopg.Error):  # COMMIT itself failed: the statement may or may not have completed
+                    raise _Failed(exc, index + 1, stmt, maybe_done=True) from None
+                raise
+
+    def _progress(self, step: Step, statements: list[Statement], index: int, stmt: Statement) -> None:
+        import psycopg
+
+        try:
+            self.ledger.progress(self.conn, step.migration.version, index + 1, statements_digest(statements[: index + 1]))
+        except psycopg.Error as exc:  # the statement completed; whether its progress was recorded is unknown
+            raise _Failed(exc, index + 1, stmt, maybe_done=True) from None
 
     def _already_done(self, stmt: Statement, label: str) -> bool:
         """Resuming at a concurrent index operation whose earlier attempt may have finished, or left an invalid index."""
@@ -211,7 +249,7 @@ class StepRunner:
         done = failed.index - 1
         primary = first_line(failed.exc, self.settings)
         this = (
-            f"statement {failed.index} (line {failed.stmt.line}) may or may not have completed (the connection was lost: {primary})"
+            f"statement {failed.index} (line {failed.stmt.line}) may or may not have completed (the connection failed: {primary})"
             if failed.connection_lost
             else f"statement {failed.index} (line {failed.stmt.line}) `{snippet(failed.stmt)}` failed and did not complete: {primary} "
             f"[SQLSTATE {failed.state or '?'}]"
@@ -221,12 +259,14 @@ class StepRunner:
         return IncompleteMigration(
             f"{label} runs outside a transaction, so nothing was rolled back: statements 1-{done} of {total} completed and stay "
             f"committed; {this}{rest}. "
-            f"The database now holds {left}. The ledger marks {step.migration.version} interrupted after statement {done}."
+            f"The database now holds {left}. The ledger should mark {step.migration.version} interrupted after statement {done} "
+            "(`status` reads it)."
             if done > 0
             else f"{label} runs outside a transaction: {this}{rest}; no statement of it completed. "
-            f"The database now holds {left}. The ledger marks {step.migration.version} interrupted before statement 1.",
+            f"The database now holds {left}. The ledger should mark {step.migration.version} interrupted before statement 1 "
+            "(`status` reads it).",
             f"fix the cause, then run apply again: it resumes at statement {failed.index}"
-            + (" (and first drops the invalid index concurrently, then builds it again)" if "invalid index" in left else "")
+            + (" (and first drops the invalid index concurrently, then builds it again)" if left.startswith("invalid index") else "")
             + ". `python -m components.migrate status` shows where it stopped.",
         )
 

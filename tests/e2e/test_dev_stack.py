@@ -205,6 +205,37 @@ def test_7_state_holds_no_password_in_plaintext(stack: Stack) -> None:
     assert '"password"' in exported and "ciphertext" in exported  # present, but encrypted
 
 
+def _rename_migration(stack: Stack, new_name: str, *, alias: bool) -> None:
+    main = stack.workdir / "__main__.py"
+    text = main.read_text()
+    current = text.split("migration = SchemaMigration(\n    ", 1)[1].split(",", 1)[0]
+    text = text.replace(f"migration = SchemaMigration(\n    {current},", f'migration = SchemaMigration(\n    "{new_name}",')
+    text = text.replace(
+        "opts=pulumi.ResourceOptions(depends_on=[*target.ready, *access.ready], protect=cfg.protect)",
+        "opts=pulumi.ResourceOptions(depends_on=[*target.ready, *access.ready], protect=cfg.protect"
+        + (f", aliases=[pulumi.Alias(name={current})]" if alias else "")
+        + ")",
+    )
+    assert f'"{new_name}"' in text
+    main.write_text(text)
+
+
+def test_7a_renaming_the_migration_with_an_alias_changes_nothing(stack: Stack) -> None:
+    _rename_migration(stack, "wishlist-schema-renamed", alias=True)
+    stack.run("preview", "--expect-no-changes")
+    stack.run("up", "--yes", "--expect-no-changes")
+
+
+def test_7b_renaming_the_migration_without_an_alias_keeps_the_table(stack: Stack) -> None:
+    """Pulumi creates the new resource, then deletes the old one: the delete must drop nothing (dev drops on destroy)."""
+    _rename_migration(stack, "wishlist-schema-again", alias=False)
+    up = stack.run("up", "--yes").stdout
+    assert "wishlist-schema-again" in up and "deleted" in up
+    assert q(stack.db, "SELECT to_regclass('wishlist_items') IS NOT NULL, to_regtype('wishlist_store') IS NOT NULL") == [(True, True)]
+    assert [r[0] for r in q(stack.db, "SELECT version FROM migration_ledger.applied ORDER BY version")] == ["0007", "0008"]
+    assert stack.outputs()["schema_version"] == "0008"
+
+
 def test_8_destroy_leaves_no_table_enum_or_role(stack: Stack) -> None:
     stack.run("destroy", "--yes")
     assert q(

@@ -239,11 +239,18 @@ def _add_by_hand(set_copy: Path, name: str, text: str) -> None:
     (set_copy / name).write_text(text)
     version = name[:4]
     data = _journal(set_copy)
+    snap = set_copy / f"meta/{version}_snapshot.json"
+    shutil.copy(set_copy / "meta/0007_snapshot.json", snap)
     data["entries"].append(
-        {"version": version, "name": name[5:-4], "up": {"file": name, "sha256": migset.sha256_hex(text.encode())}, "down": None}
+        {
+            "version": version,
+            "name": name[5:-4],
+            "up": {"file": name, "sha256": migset.sha256_hex(text.encode())},
+            "down": None,
+            "snapshot": {"file": snap.name, "sha256": migset.sha256_hex(snap.read_bytes())},
+        }
     )
     _write_journal(set_copy, data)
-    shutil.copy(set_copy / "meta/0007_snapshot.json", set_copy / f"meta/{version}_snapshot.json")
 
 
 def test_transaction_control_is_refused_before_anything_runs(fresh_db: ConnectionSettings, set_copy: Path) -> None:

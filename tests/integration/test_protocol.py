@@ -238,3 +238,43 @@ def test_a_renamed_set_directory_keeps_its_identity(fresh_db: ConnectionSettings
     with pytest.raises(SetError, match=r"set 'app' there has applied 0007 with exactly this set's checksums: the set was renamed"):
         Engine(fresh_db, migset.load(renamed)).apply()
     assert [r[0] for r in ledger_rows(fresh_db)] == ["0007"]
+
+
+def test_a_schema_name_with_a_space_and_capitals_reaches_search_path_intact(fresh_db: ConnectionSettings) -> None:
+    with fresh_db.connect() as conn:
+        conn.execute('CREATE SCHEMA "Wish List"')
+    with fresh_db.connect(search_path="Wish List") as conn:
+        assert conn.execute("SELECT current_schema()").fetchone() == ("Wish List",)
+
+
+def test_a_kill_between_a_statement_and_its_progress_cannot_leave_the_ledger_behind(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    text = "-- migrate:no-transaction\nALTER TABLE wishlist_items ADD COLUMN extra int;\nCREATE INDEX CONCURRENTLY idx_extra ON wishlist_items (extra);\n"
+    mset = _with(admin, set_copy, {"0008_extra.sql": text})
+    Engine(fresh_db, mset).apply("0007")
+    code = (
+        "import os, signal, sys\n"
+        "from components.engine import ledger\n"
+        "real = ledger.Ledger.progress\n"
+        "def progress(self, conn, version, done, digest):\n"
+        "    real(self, conn, version, done, digest)\n"
+        "    if done == 1: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "ledger.Ledger.progress = progress\n"
+        "from components import migrate\n"
+        "sys.exit(migrate.main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "apply", "--set", str(set_copy), "--dsn", _dsn(fresh_db)],
+        cwd=REPO,
+        env={**os.environ, "PGPASSWORD": fresh_db.password or ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    # Killed before statement 1 and its progress committed together: neither happened, and the ledger says so.
+    assert q(fresh_db, "SELECT status, statements_done FROM migration_ledger.applied WHERE version = '0008'") == [("started", 0)]
+    assert q(fresh_db, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'wishlist_items'::regclass AND attname = 'extra'") == [(0,)]
+    assert [r["version"] for r in Engine(fresh_db, mset).apply().ran] == ["0008"]
+    assert Engine(fresh_db, mset).verify().ok
