@@ -8,11 +8,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pulumi
-
+from .engine.errors import MigrationError
 from .engine.options import RunOptions
+
+if TYPE_CHECKING:  # the operator CLI reads stack files through this module without loading the Pulumi SDK
+    import pulumi
 
 ENVIRONMENTS = ("dev", "staging", "prod")
 TARGETS = ("local", "aurora")
@@ -273,6 +275,8 @@ ROLE_PASSWORD_KEYS = {"migrator": "migratorPassword", "app": "appPassword", "rea
 
 
 def _secret(cfg: pulumi.Config, key: str, env: str, environ: Mapping[str, str]) -> pulumi.Output[str]:
+    import pulumi
+
     value = cfg.get_secret(key)
     if value is not None:
         return value
@@ -285,6 +289,8 @@ def _secret(cfg: pulumi.Config, key: str, env: str, environ: Mapping[str, str]) 
 
 def load(cfg: pulumi.Config | None = None, environ: Mapping[str, str] | None = None) -> StackConfig:
     """Read and validate this stack's settings."""
+    import pulumi
+
     cfg = cfg or pulumi.Config("wishlist")
     environ = os.environ if environ is None else environ
     environment = cfg.get("environment")
@@ -322,3 +328,34 @@ def load(cfg: pulumi.Config | None = None, environ: Mapping[str, str] | None = N
         admin_password=admin_password,
         role_passwords=role_passwords,
     )
+
+
+@dataclass(frozen=True)
+class StackFileSettings:
+    """What the operator CLI takes from `Pulumi.<stack>.yaml`: the owner identity and the migration rules."""
+
+    stack: str
+    owner: str
+    environment: str
+    migrations: MigrationsConfig
+
+
+def stack_file_settings(project_dir: Path, stack: str) -> StackFileSettings:
+    """Read `Pulumi.yaml` and `Pulumi.<stack>.yaml` as plain YAML (no Pulumi SDK) and validate the migration settings."""
+    import yaml  # type: ignore[import-untyped]
+
+    path = project_dir / f"Pulumi.{stack}.yaml"
+    try:
+        project = str(yaml.safe_load((project_dir / "Pulumi.yaml").read_text())["name"])
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise MigrationError(
+            f"--stack {stack}: cannot read {path} ({type(exc).__name__}: {exc}).",
+            "name a stack of this project (dev, staging, prod), and run from the project directory or pass --project-dir.",
+        ) from None
+    config = data.get("config") or {}
+    environment = config.get("wishlist:environment")
+    if environment not in ENVIRONMENTS:
+        raise ConfigError("environment", f"is {environment!r} in {path}", " | ".join(ENVIRONMENTS))
+    owner = f"{project}/{stack}"
+    return StackFileSettings(stack, owner, environment, MigrationsConfig.parse(config.get("wishlist:migrations") or {}, environment, owner))

@@ -10,16 +10,17 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .engine import migset
 from .engine.connection import ConnectionSettings, mask_dsn
 from .engine.engine import Engine, RunResult, VerifyReport
-from .engine.errors import MigrationError
+from .engine.errors import MigrationError, PromotionBlocked
 from .engine.ledger import LedgerState
 from .engine.options import RunOptions
-from .engine.planner import Plan, parse_target
+from .engine.planner import Gate, Plan, parse_target
 
 VERSION = "0.2.0"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERS = 0, 1, 2, 3
@@ -41,34 +42,31 @@ def _connection_options() -> argparse.ArgumentParser:
 
 def _run_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("run options")
-    g.add_argument("--stack", default=DEFAULTS.stack, help="owner identity recorded in the ledger; refuses a database owned by another")
-    g.add_argument("--ledger-schema", default=DEFAULTS.ledger_schema, help=f"(default: {DEFAULTS.ledger_schema})")
+    g = p.add_argument_group("run options (default: the stack file's with --stack, else RunOptions())")
     g.add_argument(
-        "--lock-wait",
-        type=int,
-        default=DEFAULTS.lock_wait_ms,
-        metavar="MS",
-        help=f"wait for another applier's lock (default {DEFAULTS.lock_wait_ms})",
+        "--stack",
+        default=None,
+        metavar="NAME",
+        help="the Pulumi stack that owns the database (dev, staging, prod): reads Pulumi.NAME.yaml for strict lint, lock waits, "
+        "timeouts and the promotion gate; required to write to a database a stack owns",
+    )
+    g.add_argument("--project-dir", type=Path, default=Path("."), help="where Pulumi.yaml and Pulumi.NAME.yaml are (default: .)")
+    g.add_argument("--ledger-schema", default=None, help=f"(default {DEFAULTS.ledger_schema})")
+    g.add_argument(
+        "--lock-wait", type=int, default=None, metavar="MS", help=f"wait for another applier's lock (default {DEFAULTS.lock_wait_ms})"
     )
     g.add_argument(
         "--lock-timeout",
         type=int,
-        default=DEFAULTS.lock_timeout_ms,
+        default=None,
         metavar="MS",
         help=f"DDL lock_timeout: how long a statement may queue for a table lock before a retry (default {DEFAULTS.lock_timeout_ms})",
     )
     g.add_argument(
-        "--ddl-retries",
-        type=int,
-        default=DEFAULTS.ddl_retries,
-        metavar="N",
-        help=f"retries after a DDL lock timeout (default {DEFAULTS.ddl_retries})",
+        "--ddl-retries", type=int, default=None, metavar="N", help=f"retries after a DDL lock timeout (default {DEFAULTS.ddl_retries})"
     )
-    g.add_argument(
-        "--statement-timeout", type=int, default=DEFAULTS.statement_timeout_ms, metavar="MS", help="per-statement limit (0 = none)"
-    )
-    g.add_argument("--strict-lint", action="store_true", help="refuse unacknowledged lint findings (what prod does)")
+    g.add_argument("--statement-timeout", type=int, default=None, metavar="MS", help="per-statement limit (default 0 = none)")
+    g.add_argument("--strict-lint", action="store_const", const=True, default=None, help="refuse unacknowledged lint findings (prod does)")
     return p
 
 
@@ -110,18 +108,51 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
     print(json.dumps(payload, indent=2, default=str) if args.json else text)
 
 
-def _engine(args: argparse.Namespace) -> Engine:
+def _engine(args: argparse.Namespace, *, writes: bool = False) -> Engine:
+    """The engine for one command: the stack file's rules when --stack is given, flags on top."""
     progress = None if (args.quiet or args.json) else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    options = RunOptions(
-        stack=args.stack,
-        ledger_schema=args.ledger_schema,
-        lock_wait_ms=args.lock_wait,
-        lock_timeout_ms=args.lock_timeout,
-        ddl_retries=args.ddl_retries,
-        statement_timeout_ms=args.statement_timeout,
-        strict_lint=args.strict_lint,
-    )
-    return Engine(ConnectionSettings.from_dsn(args.dsn), migset.load(Path(args.set_dir)), options, progress=progress)
+    base, gate = RunOptions(), None
+    if args.stack is not None:
+        from .config import stack_file_settings
+
+        settings = stack_file_settings(args.project_dir, args.stack)
+        base = settings.migrations.options
+        if settings.migrations.require_applied_in and writes:
+            gate = _gate(args.project_dir, settings.migrations.require_applied_in)
+    flags = {
+        "ledger_schema": args.ledger_schema,
+        "lock_wait_ms": args.lock_wait,
+        "lock_timeout_ms": args.lock_timeout,
+        "ddl_retries": args.ddl_retries,
+        "statement_timeout_ms": args.statement_timeout,
+        "strict_lint": args.strict_lint,
+    }
+    options = replace(base, **{k: v for k, v in flags.items() if v is not None})
+    return Engine(ConnectionSettings.from_dsn(args.dsn), migset.load(Path(args.set_dir)), options, gate=gate, progress=progress)
+
+
+def _gate(project_dir: Path, stack: str) -> Gate:
+    """The promotion gate from the gate stack's `applied_migrations` output, read with the pulumi CLI."""
+    import subprocess
+
+    cmd = ["pulumi", "stack", "output", "applied_migrations", "--stack", stack, "--json", "--non-interactive"]
+    applied: Any = None
+    try:
+        proc = subprocess.run(cmd, cwd=project_dir, capture_output=True, text=True, timeout=120)
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        reason = lines[-1] if lines else f"exit {proc.returncode}"
+        if proc.returncode == 0:
+            applied = json.loads(proc.stdout)
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    if not isinstance(applied, list):
+        raise PromotionBlocked(
+            f"this stack requires versions to be applied in stack {stack!r} first, and its outputs cannot be read "
+            f"(`{' '.join(cmd)}`: {reason}). Nothing was run.",
+            "run from the project directory with the Pulumi backend and passphrase of that stack configured (. ./scripts/env.sh), "
+            "so that the promotion gate can be checked.",
+        )
+    return Gate(stack, {str(a["version"]): str(a["checksum"]) for a in applied if isinstance(a, dict)})
 
 
 def _plan_text(plan: Plan) -> str:
@@ -230,21 +261,21 @@ def _ran(result: RunResult, verb: str, idle: str) -> str:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    engine = _engine(args)
+    engine = _engine(args, writes=True)
     result = engine.migrate_to(parse_target(engine.mset, args.target))
     _emit(args, result.as_dict(), _ran(result, "applied", "nothing to apply") + f", verified ({result.fingerprint})")
     return EXIT_OK
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    engine = _engine(args)
+    engine = _engine(args, writes=True)
     result = engine.migrate_to(parse_target(engine.mset, args.target), allow_rollback=True, allow_forward=False)
     _emit(args, result.as_dict(), _ran(result, "rolled back", "nothing to roll back"))
     return EXIT_OK
 
 
 def _resolve(args: argparse.Namespace) -> int:
-    _engine(args).resolve(str(args.version))
+    _engine(args, writes=True).resolve(str(args.version))
     print(f"cleared the interrupted mark of {args.version}")
     return EXIT_OK
 
@@ -252,7 +283,7 @@ def _resolve(args: argparse.Namespace) -> int:
 def _adopt(args: argparse.Namespace) -> int:
     from .engine.adopt import adopt
 
-    engine = _engine(args)
+    engine = _engine(args, writes=True)
     result = adopt(engine, parse_target(engine.mset, args.version), args.drizzle_dir)
     _emit(
         args,
@@ -271,6 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {mask_dsn(str(exc))}", file=sys.stderr)
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "code": exc.code, "problem": mask_dsn(exc.problem), "fix": exc.fix}))
+        return EXIT_ERROR
+    except Exception as exc:
+        from .config import ConfigError
+
+        if not isinstance(exc, ConfigError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(

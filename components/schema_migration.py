@@ -175,6 +175,9 @@ class SchemaMigrationProvider(ResourceProvider):
                 failures.append(CheckFailure(key, f"{key} is required"))
         if news.get("auth") not in (None, "password", "iam"):
             failures.append(CheckFailure("auth", "auth must be 'password' or 'iam'"))
+        if news.get("destroy_drops_schema") and not news.get("stack"):
+            # Ownership (which resource may drop the schema on delete) is recorded per stack.
+            failures.append(CheckFailure("destroy_drops_schema", "destroy_drops_schema needs a stack (RunOptions.stack)"))
         gate = None if _has_unknowns({"gate": news.get("gate")}) else gate_from(news.get("gate"))
         if gate is not None and not failures:
             # Judged from inputs alone (check never connects): which versions up to the target the gate stack has.

@@ -79,6 +79,7 @@ def adopt(engine: Engine, version: str | None, drizzle_dir: Path | None = None) 
     mset = engine.mset
     with engine.connect() as conn:
         state = engine.read_state(conn)
+        engine.refuse_unnamed_writer(state)
         if state.rows:
             raise MigrationError(
                 f"{state.database} already has applied versions ({', '.join(r.version for r in state.rows)}): nothing to adopt.",

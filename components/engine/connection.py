@@ -16,11 +16,13 @@ if TYPE_CHECKING:
 DEFAULT_CONNECT_TIMEOUT = 10
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# SQL text shown in messages (a statement, another session's query): CREATE/ALTER ROLE ... PASSWORD '...'.
+_PASSWORD_SQL = re.compile(r"(\bpassword\s+)(E?'(?:[^']|'')*'?)", re.IGNORECASE)
 
 
 def mask_dsn(text: str) -> str:
     """Replace any password in DSN-looking text by ***."""
-    return _PASSWORD_KV.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text))
+    return _PASSWORD_SQL.sub(r"\1'***'", _PASSWORD_KV.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text)))
 
 
 @dataclass(frozen=True)

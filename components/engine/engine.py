@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import catalog as cat
 from .connection import ConnectionSettings
-from .errors import ChecksumMismatch, DriftDetected, LintRefused, MigrationError, PermissionMissing, RollbackRefused
+from .errors import ChecksumMismatch, DriftDetected, LintRefused, MigrationError, PermissionMissing, RollbackRefused, WrongDatabase
 from .guards import advisory_key, migration_lock, preflight
 from .ledger import LEDGER_FORMAT, Ledger, LedgerState
 from .lint import Finding, lint
@@ -179,6 +179,8 @@ class Engine:
             state = self.read_state(conn)
             steps = plan_steps(self.mset, state, target)
             self._refuse_direction(steps, state, target, allow_rollback, allow_forward)
+            if steps:
+                self.refuse_unnamed_writer(state)
             claimed = state.owner is not None and state.owner.resource_id == owner_id
             if not steps and (owner_id is None or claimed or not state.exists):
                 # Nothing to do: still prove the schema is what the ledger says.
@@ -262,6 +264,7 @@ class Engine:
             state = self.read_state(conn)
             if not any(r.version == version for r in state.started):
                 raise MigrationError(f"version {version} is not marked as interrupted on {state.database}.", "nothing to resolve.")
+            self.refuse_unnamed_writer(state)
             preflight(conn, self.settings, self.mset.schema, self.ledger.schema)
             with migration_lock(
                 conn,
@@ -274,6 +277,16 @@ class Engine:
                 self.ledger.forget(conn, version)
 
     # -- refusals
+
+    def refuse_unnamed_writer(self, state: LedgerState) -> None:
+        """A database a stack owns is written only under that stack's rules (strict lint, timeouts, gate)."""
+        if state.owner is not None and self.options.stack is None:
+            name = state.owner.stack.rpartition("/")[2]
+            raise WrongDatabase(
+                f"database {state.database} is owned by stack {state.owner.stack!r}; a write without a stack would skip its rules "
+                "(strict lint, lock waits, timeouts, promotion gate). Nothing was run.",
+                f"pass `--stack {name}` (the CLI then reads Pulumi.{name}.yaml), or use `pulumi up --stack {name}`.",
+            )
 
     def _check_expected(self, target: str | None, expected_fingerprint: str | None) -> None:
         """What was previewed is what runs: the target's snapshot must be the one the caller saw."""

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .connection import ConnectionSettings
+from .connection import ConnectionSettings, mask_dsn
 from .errors import LockTimeout, NotWritable, PermissionMissing
 from .options import RunOptions
 
@@ -102,7 +102,7 @@ def _holder(conn: psycopg.Connection[Any], key: int) -> str:
     pid, app, user, addr, since, state, state_since, query = row
     return (
         f"held by pid {pid} (application_name {app!r}, user {user}, from {addr or 'local socket'}), "
-        f"connected since {since:%Y-%m-%d %H:%M:%S %Z}, {state} since {state_since:%H:%M:%S}, last query: {query}"
+        f"connected since {since:%Y-%m-%d %H:%M:%S %Z}, {state} since {state_since:%H:%M:%S}, last query: {mask_dsn(query or '')}"
         if since is not None
         else f"held by pid {pid} (application_name {app!r})"
     )

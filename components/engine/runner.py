@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from . import catalog as cat
-from .connection import ConnectionSettings
+from .connection import ConnectionSettings, mask_dsn
 from .errors import IncompleteMigration, MigrationError, NotWritable, PermissionMissing, StatementFailed, VerifyFailed
 from .guards import set_timeouts
 from .ledger import APPLIED, STARTED, Ledger, LedgerState
@@ -42,7 +42,8 @@ def whoami() -> str:
 
 
 def snippet(stmt: Statement) -> str:
-    return " ".join(stmt.text.split())[:160]
+    """The statement on one line, passwords masked, cut to fit a message."""
+    return mask_dsn(" ".join(stmt.text.split()))[:160]
 
 
 class _Failed(Exception):
@@ -349,7 +350,7 @@ class StepRunner:
             return "the blocking session has ended since"
         return "blocked by " + "; ".join(
             f"pid {pid} ({app or 'no application_name'}, {state}, transaction open since "
-            f"{'?' if since is None else f'{since:%H:%M:%S}'}, query: {query})"
+            f"{'?' if since is None else f'{since:%H:%M:%S}'}, query: {mask_dsn(query or '')})"
             for pid, app, state, since, query in rows
         )
 

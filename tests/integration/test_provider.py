@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,45 @@ def test_wrong_database_owner_is_refused(fresh_db: ConnectionSettings, set_copy:
     provider.create(props_for(fresh_db, set_copy, stack="wishlist-infra/prod"))
     with pytest.raises(Exception, match="owned by stack 'wishlist-infra/prod', but this is stack 'wishlist-infra/staging'"):
         provider.diff("x", {}, props_for(fresh_db, set_copy, stack="wishlist-infra/staging"))
+
+
+def test_import_from_an_id_points_to_adopt() -> None:
+    """`pulumi import` calls read with the id alone: the error says how to bring an existing schema under Pulumi."""
+    with pytest.raises(Exception, match=r"cannot be imported from its id .*python -m components.migrate adopt VERSION") as err:
+        SchemaMigrationProvider().read("wishlist-infra/prod:abc", {})
+    assert "\n" not in str(err.value)
+
+
+def test_no_aws_credentials_is_one_line(fresh_db: ConnectionSettings, set_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask an instance metadata address
+    props = props_for(fresh_db, set_copy, auth="iam", region="us-east-1")
+    with pytest.raises(Exception) as err:
+        SchemaMigrationProvider().create(props)
+    text = str(err.value)
+    assert text.startswith("ConnectFailed: no AWS credentials to sign an IAM token") and "\n" not in text
+    assert "Traceback" not in text
+
+
+def test_preview_without_a_database_counts_only_versions_up_to_the_target(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    provider = SchemaMigrationProvider()
+    outs = provider.create(props_for(fresh_db, set_copy)).outs
+    (set_copy / "0008_theme.sql").write_text("ALTER TABLE wishlist_items ADD COLUMN theme text;\n")
+    generate(admin, set_copy)
+    unreachable = replace(fresh_db, port=1)
+    # The target stays at 0007: 0008 on disk is not a pending change of this stack.
+    news = props_for(unreachable, set_copy, target_version="0007")
+    olds = {**outs, **{k: news[k] for k in ("host", "port", "migrations")}}
+    assert provider.diff("x", olds, news).changes is False
+    assert provider.diff("x", olds, props_for(unreachable, set_copy)).changes is True
+
+
+def test_destroy_drops_schema_without_a_stack_is_refused_at_check(fresh_db: ConnectionSettings, set_copy: Path) -> None:
+    props = props_for(fresh_db, set_copy, destroy_drops_schema=True, stack=None)
+    failures = SchemaMigrationProvider().check({}, props).failures
+    assert [f.property for f in failures] == ["destroy_drops_schema"]

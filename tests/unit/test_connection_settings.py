@@ -30,3 +30,18 @@ def test_sslrootcert_is_passed_to_libpq_when_set(monkeypatch: pytest.MonkeyPatch
 def test_no_sslrootcert_leaves_libpq_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
     kwargs = _connect_kwargs(monkeypatch, ConnectionSettings(sslmode="disable"))
     assert "sslrootcert" not in kwargs and kwargs["sslmode"] == "disable"
+
+
+def test_passwords_in_sql_text_are_masked() -> None:
+    """Statements and other sessions' queries appear in messages: a role password in them must not."""
+    from components.engine.connection import mask_dsn
+
+    for text in (
+        "CREATE ROLE app LOGIN PASSWORD 'Sup3r''secret' VALID UNTIL 'infinity'",
+        "alter role app with password   E'Sup3r''secret'",
+        "ALTER ROLE app PASSWORD 'Sup3r''secr",  # cut short by a length limit
+        "host=db password=Sup3r'secret user=x",
+    ):
+        masked = mask_dsn(text)
+        assert "Sup3r" not in masked and "***" in masked, masked
+    assert mask_dsn("SELECT 'no secret here'") == "SELECT 'no secret here'"
