@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .engine.errors import MigrationError
+from .engine.errors import UsageError
 from .engine.options import RunOptions
 
 if TYPE_CHECKING:  # the operator CLI reads stack files through this module without loading the Pulumi SDK
@@ -349,7 +349,7 @@ def stack_file_settings(project_dir: Path, stack: str) -> StackFileSettings:
         project = str(yaml.safe_load((project_dir / "Pulumi.yaml").read_text())["name"])
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-        raise MigrationError(
+        raise UsageError(
             f"--stack {stack}: cannot read {path} ({type(exc).__name__}: {exc}).",
             "name a stack of this project (dev, staging, prod), and run from the project directory or pass --project-dir.",
         ) from None

@@ -20,7 +20,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 from .engine import migset
 from .engine.connection import ConnectionSettings
 from .engine.engine import Engine, RunResult
-from .engine.errors import ChecksumMismatch, ConnectFailed, MigrationError
+from .engine.errors import ChecksumMismatch, ConnectFailed, ImportUnsupported, MigrationError
 from .engine.options import RunOptions
 from .engine.planner import Gate, parse_target, target_prop
 
@@ -262,7 +262,7 @@ class SchemaMigrationProvider(ResourceProvider):
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         if not props.get("set_dir"):
             raise _fail(
-                MigrationError(
+                ImportUnsupported(
                     f"a SchemaMigration cannot be imported from its id ({id_}): the id does not say which migration set, "
                     "database and credentials it uses.",
                     "adopt the existing schema with `python -m components.migrate adopt VERSION --stack STACK` "

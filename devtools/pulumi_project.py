@@ -73,16 +73,23 @@ def pulumi_env(root: Path, extra: dict[str, str]) -> dict[str, str]:
     }
 
 
-def dev_project(root: Path, *, port: int, dbname: str, admin_password: str, role_passwords: dict[str, str]) -> Project:
-    """A copy of the project whose dev stack targets 127.0.0.1:`port`/`dbname`, stack initialised."""
+def copy_project(source: Path, workdir: Path, names: tuple[str, ...] = PROJECT_FILES) -> None:
+    """Copy the project files from `source` (the repo, or an older checkout) over `workdir`, replacing what was there."""
+    for name in names:
+        src, dst = source / name, workdir / name
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+
+
+def dev_project(root: Path, *, port: int, dbname: str, admin_password: str, role_passwords: dict[str, str], source: Path = REPO) -> Project:
+    """A copy of the project (from `source`) whose dev stack targets 127.0.0.1:`port`/`dbname`, stack initialised."""
     workdir = root / "project"
     workdir.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, workdir / name)
+    copy_project(source, workdir)
     # The committed salt belongs to the dev passphrase of scripts/env.sh; this copy gets its own passphrase.
     stack_file = workdir / "Pulumi.dev.yaml"
     stack_file.write_text(

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from . import catalog as cat
-from .errors import MigrationError, SetError, VerifyFailed
-from .guards import advisory_key, migration_lock, preflight
+from .errors import SetError, UsageError, VerifyFailed
+from .guards import preflight
 from .runner import whoami
 
 if TYPE_CHECKING:
@@ -75,13 +75,13 @@ def adopt(engine: Engine, version: str | None, drizzle_dir: Path | None = None) 
     from .engine import RunResult
 
     if version is None:
-        raise MigrationError("adopt needs a version to adopt (e.g. 0007).", "name the version whose snapshot the database matches.")
+        raise UsageError("adopt needs a version to adopt (e.g. 0007).", "name the version whose snapshot the database matches.")
     mset = engine.mset
     with engine.connect() as conn:
         state = engine.read_state(conn)
         engine.refuse_unnamed_writer(state)
         if state.rows:
-            raise MigrationError(
+            raise UsageError(
                 f"{state.database} already has applied versions ({', '.join(r.version for r in state.rows)}): nothing to adopt.",
                 "use `apply`; adopt is for a database that has the schema but no ledger.",
             )
@@ -96,14 +96,7 @@ def adopt(engine: Engine, version: str | None, drizzle_dir: Path | None = None) 
                 "make the database match (or pick the version it matches), then adopt again.",
             )
         preflight(conn, engine.settings, mset.schema, engine.ledger.schema)
-        with migration_lock(
-            conn,
-            advisory_key(mset.name),
-            wait_ms=engine.options.lock_wait_ms,
-            set_name=mset.name,
-            where=engine.settings.describe(),
-            progress=engine.progress,
-        ):
+        with engine.locked(conn):
             engine.ledger.ensure(conn)
             state = engine.read_state(conn)
             result = RunResult(None)

@@ -6,13 +6,21 @@ Planning is in planner.py (pure), guards (preflight, lock, timeouts) in guards.p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import catalog as cat
 from .connection import ConnectionSettings
-from .errors import ChecksumMismatch, DriftDetected, LintRefused, MigrationError, PermissionMissing, RollbackRefused, WrongDatabase
+from .errors import (
+    ChecksumMismatch,
+    DriftDetected,
+    LintRefused,
+    PermissionMissing,
+    RollbackRefused,
+    UsageError,
+    WrongDatabase,
+)
 from .guards import advisory_key, migration_lock, preflight
 from .ledger import LEDGER_FORMAT, Ledger, LedgerState
 from .lint import Finding, lint
@@ -93,6 +101,17 @@ class Engine:
             raise translate(exc, self.settings, "it came from a ledger, lock or catalog query, outside any migration step.") from None
         finally:
             conn.close()
+
+    def locked(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[None]:
+        """The migration lock of this set on `conn` (polled, bounded by lock_wait_ms)."""
+        return migration_lock(
+            conn,
+            advisory_key(self.mset.name),
+            wait_ms=self.options.lock_wait_ms,
+            set_name=self.mset.name,
+            where=self.settings.describe(),
+            progress=self.progress,
+        )
 
     def read_state(self, conn: psycopg.Connection[Any]) -> LedgerState:
         import psycopg
@@ -189,29 +208,25 @@ class Engine:
                 self._raise_on_drift(state.current, live)
                 return RunResult(state.current, [], cat.fingerprint(live), state)
             preflight(conn, self.settings, self.mset.schema, self.ledger.schema)
-            with migration_lock(
-                conn,
-                advisory_key(self.mset.name),
-                wait_ms=self.options.lock_wait_ms,
-                set_name=self.mset.name,
-                where=self.settings.describe(),
-                progress=self.progress,
-            ):
-                if not state.exists or state.format < LEDGER_FORMAT:
-                    self.ledger.ensure(conn)
+            with self.locked(conn):
                 state = self.read_state(conn)  # another applier may have finished while we waited
                 steps = plan_steps(self.mset, state, target)
                 self._refuse_direction(steps, state, target, allow_rollback, allow_forward)
+                if steps:
+                    self.refuse_unnamed_writer(state)
                 live = cat.introspect(conn, self.mset.schema)
                 if not state.started and not any(s.direction == "down" for s in steps):
                     # Forward runs start from the verified schema; a rollback (each down step verified) is a way out of drift.
                     self._raise_on_drift(state.current, live)
-                if self.options.stack is not None and (state.owner is None or (owner_id and state.owner.resource_id != owner_id)):
-                    self.ledger.claim(conn, self.options.stack, state.system_identifier, state.database, owner_id)
                 findings = self.lint(conn, steps)
                 self._refuse_lint(findings)
                 if self.gate is not None:
                     self.gate.enforce(steps)
+                # Every refusal is behind us: only now does anything get written.
+                if not state.exists or state.format < LEDGER_FORMAT:
+                    self.ledger.ensure(conn)
+                if self.options.stack is not None and (state.owner is None or (owner_id and state.owner.resource_id != owner_id)):
+                    self.ledger.claim(conn, self.options.stack, state.system_identifier, state.database, owner_id)
                 for f in findings:
                     self.progress(f"lint: {f.describe()}")
                 return self._run(conn, state, steps, target, live)
@@ -263,17 +278,10 @@ class Engine:
         with self.connect() as conn:
             state = self.read_state(conn)
             if not any(r.version == version for r in state.started):
-                raise MigrationError(f"version {version} is not marked as interrupted on {state.database}.", "nothing to resolve.")
+                raise UsageError(f"version {version} is not marked as interrupted on {state.database}.", "nothing to resolve.")
             self.refuse_unnamed_writer(state)
             preflight(conn, self.settings, self.mset.schema, self.ledger.schema)
-            with migration_lock(
-                conn,
-                advisory_key(self.mset.name),
-                wait_ms=self.options.lock_wait_ms,
-                set_name=self.mset.name,
-                where=self.settings.describe(),
-                progress=self.progress,
-            ):
+            with self.locked(conn):
                 self.ledger.forget(conn, version)
 
     # -- refusals
@@ -312,7 +320,7 @@ class Engine:
                 "`allowRollback: true` under wishlist:migrations for a stack where that is allowed).",
             )
         if not allow_forward and any(s.direction == "up" and not s.resuming for s in steps):
-            raise MigrationError(
+            raise UsageError(
                 f"target {target_prop(target)} is above the applied version {state.current or 'none'}: rollback only goes down.",
                 f"use `apply --to {target_prop(target)}`.",
             )

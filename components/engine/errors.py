@@ -100,3 +100,21 @@ class RollbackRefused(MigrationError):
     """The target is below the applied version and the caller did not allow a rollback."""
 
     code = "rollback-refused"
+
+
+class DatabaseError(MigrationError):
+    """A database error outside any migration step (ledger, lock or catalog query)."""
+
+    code = "database-error"
+
+
+class UsageError(MigrationError):
+    """A request that cannot be carried out as asked (wrong direction, nothing to resolve or adopt, unknown stack)."""
+
+    code = "usage"
+
+
+class ImportUnsupported(MigrationError):
+    """A SchemaMigration cannot be imported from an id alone."""
+
+    code = "import-unsupported"

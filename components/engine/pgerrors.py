@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .connection import ConnectionSettings, mask_dsn
-from .errors import MigrationError
+from .errors import DatabaseError, MigrationError
 
 # SQLSTATEs whose cause we can name, with the fix to suggest.
 STATE_FIXES = {
@@ -43,4 +43,4 @@ def fix_for(exc: BaseException, default: str = DEFAULT_FIX) -> str:
 
 def translate(exc: BaseException, settings: ConnectionSettings, claim: str) -> MigrationError:
     """A database error nobody named, with `claim`: what is true of the database now (e.g. what was committed)."""
-    return MigrationError(f"{settings.describe()}: {first_line(exc, settings)} [SQLSTATE {sqlstate(exc) or '?'}]; {claim}", fix_for(exc))
+    return DatabaseError(f"{settings.describe()}: {first_line(exc, settings)} [SQLSTATE {sqlstate(exc) or '?'}]; {claim}", fix_for(exc))

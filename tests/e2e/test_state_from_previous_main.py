@@ -1,0 +1,68 @@
+"""A stack state written by the previous main (before the engine reshape) still previews and updates (issue #12).
+
+The provider's class path is pickled into state, and its inputs changed shape: this proves the old state reads.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import subprocess
+import tarfile
+from pathlib import Path
+
+from psycopg import sql
+
+from components.engine.connection import ConnectionSettings
+from devtools import localpg
+from devtools.pulumi_project import PROJECT_FILES, REPO, ROLES, copy_project, dev_project
+from tests.integration.test_wish2007 import q
+
+PREVIOUS_MAIN = "f2cfa51"  # the last main before RunOptions, migrate_to and the password-free provider inputs
+
+
+def _checkout(commit: str, target: Path) -> Path:
+    found = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True)
+    assert found.returncode == 0, f"commit {commit} is not in this clone: the compatibility test needs the repository's history"
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, *PROJECT_FILES], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+def test_a_state_written_by_the_previous_main_previews_and_updates(
+    pg_cluster: localpg.Cluster, admin: ConnectionSettings, tmp_path: Path
+) -> None:
+    dbname = f"compat_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    passwords = {role: secrets.token_hex(16) for role in ROLES}
+    old = _checkout(PREVIOUS_MAIN, tmp_path / "previous-main")
+    project = dev_project(
+        tmp_path / "run",
+        port=pg_cluster.port,
+        dbname=dbname,
+        admin_password=pg_cluster.admin_password,
+        role_passwords=passwords,
+        source=old,
+    )
+    try:
+        project.run("up", "--yes")
+        db = admin.with_database(dbname)
+        assert q(db, "SELECT to_regclass('wishlist_items') IS NOT NULL") == [(True,)]
+        # Today's code over the same workdir and state (the stack file keeps its salt and settings).
+        copy_project(REPO, project.workdir, tuple(n for n in PROJECT_FILES if n != "Pulumi.dev.yaml"))
+        project.run("config", "set", "--path", "wishlist:migrations.destroyDropsSchema", "true")
+        preview = project.run("preview", "--diff").stdout
+        assert "wishlist-schema" in preview
+        project.run("up", "--yes")
+        project.run("up", "--yes", "--expect-no-changes")
+        assert project.run("stack", "output", "schema_version").stdout.strip() == "0007"
+        project.run("destroy", "--yes")
+        assert q(db, "SELECT to_regclass('wishlist_items')") == [(None,)]
+    finally:
+        project.run("destroy", "--yes", check=False)
+        with admin.connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+            for role in ROLES:
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
