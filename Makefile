@@ -4,10 +4,10 @@ SHELL := /bin/bash
 ENV := . ./scripts/env.sh &&
 STACK ?= dev
 
-.PHONY: setup db-up db-down up preview destroy test test-unit test-integration test-e2e lint bench soak
+.PHONY: setup db-up db-down up preview destroy migration snapshot check test test-unit test-integration test-e2e lint bench soak
 
 setup:            ## install everything (PostgreSQL, venv, pulumi tools); seconds when already there
-	@bash scripts/setup.sh
+	@[ -n "$${WISHLIST_SKIP_SETUP:-}" ] || bash scripts/setup.sh   # skipped by tests that run `make` in a copy of the project
 
 db-up: setup      ## start the dev stack's local PostgreSQL on 127.0.0.1:55432
 	@$(ENV) python -m devtools.localpg up
@@ -23,6 +23,15 @@ preview: db-up    ## what pulumi up would do on the dev stack (pending migration
 
 destroy: db-up    ## destroy the dev stack (rolls the schema back: dev allows it)
 	@$(ENV) pulumi destroy --stack $(STACK) --yes
+
+migration:        ## the next migration's up and down files: make migration NAME=add_price_alerts [DRIZZLE=drizzle/0003_x.sql]
+	@$(ENV) python -m components.migrate new "$(NAME)" $(if $(DRIZZLE),--from-drizzle "$(DRIZZLE)")
+
+snapshot:         ## apply the set to a throwaway database on the dev cluster (started if needed) and write migrations/app/meta/
+	@$(ENV) python -m components.migrate snapshot
+
+check:            ## the set matches its journal and snapshots, replayed on a throwaway database of the dev cluster
+	@$(ENV) python -m components.migrate check
 
 lint: setup
 	@$(ENV) ruff check . && ruff format --check components devtools tests bench __main__.py && mypy

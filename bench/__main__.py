@@ -285,6 +285,14 @@ class Bench:
         for line in run_e2e(self, self.repeat):
             say(line)
 
+    # 8
+    def daily_loop(self) -> None:
+        say("\n## 8. The migration loop of the README: make migration, make snapshot, make check, make preview\n")
+        from bench.loop import run_loop
+
+        for line in run_loop(self.repeat):
+            say(line)
+
 
 def _connect_select(db: ConnectionSettings) -> None:
     with db.connect() as conn:
@@ -307,7 +315,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes (a smoke run)")
-    parser.add_argument("--only", default="1,2,4,5,6,7", help="comma-separated sections")
+    parser.add_argument("--only", default="1,2,4,5,6,7,8", help="comma-separated sections")
     args = parser.parse_args()
     repeat = 3 if args.quick else args.repeat
     only = set(args.only.split(","))
@@ -333,6 +341,8 @@ def main() -> int:
             bench.locks(200_000 if args.quick else 1_000_000)
         if "7" in only:
             bench.end_to_end()
+        if "8" in only:
+            bench.daily_loop()
     finally:
         bench.close()
     out = REPO / "bench" / "results" / "latest.md"

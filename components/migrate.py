@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -17,7 +19,7 @@ from typing import Any
 from .engine import migset
 from .engine.connection import ConnectionSettings, mask_dsn
 from .engine.engine import Engine, RunResult, VerifyReport
-from .engine.errors import MigrationError, PromotionBlocked
+from .engine.errors import MigrationError, PromotionBlocked, SetError
 from .engine.ledger import LedgerState
 from .engine.options import RunOptions
 from .engine.planner import Gate, Plan, parse_target
@@ -28,6 +30,7 @@ EXIT_CODES = "exit codes: 0 success; 1 error (one line `error: ...` on stderr); 
 DEFAULTS = RunOptions()
 
 Handler = Callable[[argparse.Namespace], int]
+NO_DSN = "Without --dsn or PGHOST it uses the local dev cluster of `make db-up`, starting it if needed."
 
 
 def _connection_options() -> argparse.ArgumentParser:
@@ -85,8 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(handler=handler)
         return sp
 
-    verb("check", _check, "check the set on disk: files, journal, snapshots, statements (connects to nothing; --dsn is ignored)", conn)
-    verb("snapshot", _snapshot, "apply the set to a throwaway database and write meta/ (the role needs CREATEDB)", conn)
+    sp = verb("new", _new, "write the next migration's up and down files (NNNN_NAME.sql, NNNN_NAME.down.sql)", conn)
+    sp.add_argument("name", help="lower-case name: a-z, 0-9 and _ (the version is picked for you)")
+    sp.add_argument("--from-drizzle", type=Path, default=None, metavar="FILE.sql", help="a drizzle-kit generated file as the up file")
+    sp = verb(
+        "check",
+        _check,
+        "check the set: files, journal, snapshots, statements; then replay it on a throwaway database and compare "
+        f"every snapshot (no --dsn: on the dev cluster, started if needed). {NO_DSN}",
+        conn,
+    )
+    sp.add_argument("files", nargs="*", type=Path, help="lint these migration files (what the pre-commit hook passes)")
+    sp.add_argument("--offline", action="store_true", help="files only: connect to nothing, replay nothing")
+    sp.add_argument(
+        "--applied-ref", default=None, metavar="REF", help="git ref whose journal lists applied versions: their files must not change"
+    )
+    sp.add_argument("--strict-lint", action="store_true", help="refuse unacknowledged lint findings in FILES (what prod does)")
+    verb("snapshot", _snapshot, f"apply the set to a throwaway database and write meta/ (the role needs CREATEDB). {NO_DSN}", conn)
     verb("status", _status, "what is applied, by whom, and what is pending or interrupted", conn, run)
     sp = verb("plan", _plan, "what apply (or rollback) would run, with lint findings; no writes", conn, run)
     sp.add_argument("--to", dest="target", default=None, help="target version (default: latest; 0 = before the first)")
@@ -133,8 +151,6 @@ def _engine(args: argparse.Namespace, *, writes: bool = False) -> Engine:
 
 def _gate(project_dir: Path, stack: str) -> Gate:
     """The promotion gate from the gate stack's `applied_migrations` output, read with the pulumi CLI."""
-    import subprocess
-
     cmd = ["pulumi", "stack", "output", "applied_migrations", "--stack", stack, "--json", "--non-interactive"]
     applied: Any = None
     try:
@@ -208,21 +224,90 @@ def _report_text(report: VerifyReport) -> str:
     return "\n".join(lines)
 
 
-def _check(args: argparse.Namespace) -> int:
-    mset = migset.load(Path(args.set_dir))
-    for m in mset.migrations:  # parse every file: a syntax error or transaction control is refused here
-        m.statements()
-        m.down_statements()
-    text = f"ok: {len(mset.migrations)} migration(s) match the journal and snapshots ({', '.join(mset.versions)})"
-    _emit(args, {"ok": True, "versions": mset.versions}, text)
+def _scratch_server(args: argparse.Namespace) -> ConnectionSettings:
+    """Where snapshot and check make their throwaway database: --dsn or PG* if given, else the local dev cluster."""
+    if args.dsn or os.environ.get("PGHOST") or os.environ.get("PGSERVICE"):
+        return ConnectionSettings.from_dsn(args.dsn)
+    try:
+        from devtools import localpg  # only here: every other path starts without it
+    except ImportError:
+        raise MigrationError(
+            "no --dsn, no PGHOST, and the dev tools (devtools/localpg.py) are not importable from here.",
+            "run from the repository root for the local dev cluster, or pass --dsn for another server (the role needs CREATEDB).",
+        ) from None
+    try:
+        cluster = localpg.dev_cluster()
+    except (RuntimeError, OSError, SystemExit, subprocess.CalledProcessError) as exc:
+        raise MigrationError(
+            f"the local dev cluster did not start ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}).",
+            "run `make db-up` and read its error, or pass --dsn for another server.",
+        ) from None
+    return ConnectionSettings.from_dsn(cluster.admin_dsn())
+
+
+def _new(args: argparse.Namespace) -> int:
+    from .engine.authoring import new_migration, read_drizzle
+
+    up_sql = None if args.from_drizzle is None else read_drizzle(args.from_drizzle)
+    up, down = new_migration(Path(args.set_dir), args.name, up_sql=up_sql)
+    review = f"review {down.name}: it is a generated skeleton that `check` refuses until you do" if up_sql is not None else "edit both"
+    _emit(
+        args,
+        {"up": str(up), "down": str(down)},
+        f"wrote {up}\nwrote {down}\nnext: {review}, then `make snapshot`, `make check` and `make preview`.",
+    )
     return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .engine.authoring import refuse_edits_of_applied, refuse_unreviewed
+
+    set_dir = Path(args.set_dir)
+    applied = [] if args.applied_ref is None else refuse_edits_of_applied(set_dir, args.applied_ref)
+    mset = migset.load(set_dir)  # parses every file: a syntax error or transaction control is refused here
+    refuse_unreviewed(migset.scan(set_dir))
+    findings = _lint_files(mset, args.files, strict=args.strict_lint)
+    if not args.offline:
+        from .engine.snapshot import replay
+
+        stale = replay(_scratch_server(args), mset)
+        if stale:
+            raise SetError(
+                f"the snapshot of {', '.join(stale)} is not what the files give on a fresh database.",
+                migset.SNAPSHOT_HINT.format(set_dir=set_dir),
+            )
+    how = "files only" if args.offline else "and replay on a fresh database"
+    text = f"ok: {len(mset.migrations)} migration(s) match the journal and snapshots, {how} ({', '.join(mset.versions)})"
+    if applied:
+        text += f"; applied at {args.applied_ref}, unchanged: {', '.join(applied)}"
+    text = "\n".join([*(f"warning: {f}" for f in findings), text])
+    _emit(args, {"ok": True, "versions": mset.versions, "applied": applied, "findings": findings}, text)
+    return EXIT_OK
+
+
+def _lint_files(mset: migset.MigrationSet, files: list[Path], *, strict: bool) -> list[str]:
+    """Lint findings of the up files among `files`; with strict, an unacknowledged one is an error."""
+    if not files:
+        return []
+    from .engine.errors import LintRefused
+    from .engine.lint import lint
+
+    wanted = {p.resolve() for p in files}
+    findings = [f for m in mset.migrations if Path(m.up_file).resolve() in wanted for f in lint(m)]
+    open_ = [f for f in findings if not f.acknowledged]
+    if strict and open_:
+        raise LintRefused(
+            "; ".join(f.describe() for f in open_) + ".",
+            "change the statement (see docs/runbook.md), or accept the risk with `-- migrate:allow <rule>` at the top of the file.",
+        )
+    return [f.describe() for f in findings]
 
 
 def _snapshot(args: argparse.Namespace) -> int:
     from .engine.snapshot import generate
 
     set_dir = Path(args.set_dir)
-    path = generate(ConnectionSettings.from_dsn(args.dsn), set_dir)
+    path = generate(_scratch_server(args), set_dir)
     print(f"wrote {path} and {len(migset.scan(set_dir))} snapshot(s)")
     return EXIT_OK
 

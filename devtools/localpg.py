@@ -219,7 +219,7 @@ def base_backup(primary: Cluster, replica: Cluster) -> None:
 
 # ---- the dev stack's long-lived cluster -------------------------------------------------------
 
-DEV_PORT = int(os.environ.get("WISHLIST_DEV_PGPORT", "55432"))
+DEV_PORT = int(os.environ.get("WISHLIST_DEV_PGPORT", "55432"))  # a test or benchmark points `make` at its own cluster with these two
 SECRET_NAMES = ("WISHLIST_ADMIN_PASSWORD", "WISHLIST_MIGRATOR_PASSWORD", "WISHLIST_APP_PASSWORD", "WISHLIST_READONLY_PASSWORD")
 
 
@@ -242,6 +242,15 @@ def dev_secrets(root: Path) -> dict[str, str]:
 def dev_up(root: Path = DEFAULT_ROOT / "dev") -> Cluster:
     values = dev_secrets(root)
     return init_cluster(root, DEV_PORT, values["WISHLIST_ADMIN_PASSWORD"])
+
+
+def dev_cluster(root: Path = DEFAULT_ROOT / "dev") -> Cluster:
+    """The dev cluster, started (and created) if needed; cheap when it already runs."""
+    values = dev_secrets(root)
+    cluster = Cluster(root, DEV_PORT, values["WISHLIST_ADMIN_PASSWORD"])
+    if (cluster.data / "PG_VERSION").exists() and cluster.running():
+        return cluster
+    return dev_up(root)
 
 
 def main(argv: list[str] | None = None) -> int:

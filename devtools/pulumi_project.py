@@ -7,12 +7,16 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from devtools import localpg
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml", "__main__.py", "components", "migrations")
 ROLES = ("wishlist_migrator", "wishlist_app", "wishlist_readonly")
+LOOP_FILES = (*PROJECT_FILES, "Makefile", "scripts", "devtools", "versions.env", "requirements.lock", "pyproject.toml", "README.md")
 
 
 def cache_dir() -> Path:
@@ -109,3 +113,49 @@ def dev_project(root: Path, *, port: int, dbname: str, admin_password: str, role
     project.run("config", "set", "--path", "wishlist:db.port", str(port))
     project.run("config", "set", "--path", "wishlist:db.name", dbname)
     return project
+
+
+@dataclass
+class Copy:
+    workdir: Path
+    env: dict[str, str]
+
+    def sh(self, command: str) -> tuple[subprocess.CompletedProcess[str], float]:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["bash", "-c", command], cwd=self.workdir, env=self.env, text=True, capture_output=True, timeout=600)
+        elapsed = time.perf_counter() - t0
+        assert proc.returncode == 0, f"`{command}` failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        return proc, elapsed
+
+
+def loop_copy(root: Path) -> Copy:
+    """A copy of the project whose `make` targets use a private backend and a private dev cluster."""
+    workdir = root / "project"
+    workdir.mkdir(parents=True)
+    for name in LOOP_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, workdir / name)
+    stack_file = workdir / "Pulumi.dev.yaml"  # its salt belongs to scripts/env.sh's passphrase; this copy has its own
+    stack_file.write_text(
+        "".join(line for line in stack_file.read_text().splitlines(keepends=True) if not line.startswith("encryptionsalt:"))
+    )
+    pgroot = root / "pg"
+    pgroot.mkdir()
+    pgroot.chmod(0o755)
+    port = localpg.free_port()
+    env = pulumi_env(
+        root,
+        {
+            "WISHLIST_CACHE": str(cache_dir()),
+            "WISHLIST_PGROOT": str(pgroot),
+            "WISHLIST_DEV_PGPORT": str(port),
+            "WISHLIST_SKIP_SETUP": "1",  # setup.sh would rebuild the shared venv if this branch's requirements.lock differs
+        },
+    )
+    project = Project(workdir, env)
+    project.run("stack", "init")
+    project.run("config", "set", "--path", "wishlist:db.port", str(port))
+    return Copy(workdir, env)

@@ -11,7 +11,7 @@ from psycopg import sql
 from . import catalog as cat
 from .connection import ConnectionSettings
 from .errors import SetError, StatementFailed
-from .migset import NO_TRANSACTION, file_statements, scan, write_meta
+from .migset import NO_TRANSACTION, MigrationSet, file_statements, scan, write_meta
 from .sqltext import header_markers
 
 
@@ -30,6 +30,17 @@ def current_schema(directory: Path, default: str = "public") -> str:
 def generate(settings: ConnectionSettings, directory: Path, schema: str | None = None) -> Path:
     """Apply every file in order to a new database, introspect after each, write meta/. Needs CREATEDB."""
     schema = schema or current_schema(directory)
+    return write_meta(directory, schema, build(settings, directory, schema))
+
+
+def replay(settings: ConnectionSettings, mset: MigrationSet) -> list[str]:
+    """Apply the loaded set to a throwaway database: the versions whose catalog differs from their snapshot."""
+    built = build(settings, mset.directory, mset.schema)
+    return [m.version for m in mset.migrations if m.fingerprint is not None and cat.fingerprint(built[m.version]) != m.fingerprint]
+
+
+def build(settings: ConnectionSettings, directory: Path, schema: str) -> dict[str, cat.Catalog]:
+    """The catalog after each version, from applying every file in order to a new database. Needs CREATEDB."""
     files = scan(directory)
     if not files:
         raise SetError(f"{directory} holds no NNNN_name.sql file.", "add the first migration, then run snapshot again.")
@@ -62,7 +73,7 @@ def generate(settings: ConnectionSettings, directory: Path, schema: str | None =
                         "fix the SQL and run snapshot again.",
                     ) from None
                 snapshots[f.version] = cat.introspect(conn, schema)
-        return write_meta(directory, schema, snapshots)
+        return snapshots
     finally:
         with settings.connect(autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
