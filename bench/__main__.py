@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from bench.measure import fmt, timed
 from components.engine import catalog as cat
 from components.engine import migset
 from components.engine.connection import ConnectionSettings
@@ -40,21 +41,6 @@ OUT: list[str] = []
 def say(line: str = "") -> None:
     print(line, flush=True)
     OUT.append(line)
-
-
-def timed(fn: Callable[[], Any], repeat: int, setup: Callable[[], Any] | None = None) -> list[float]:
-    samples = []
-    for _ in range(repeat):
-        if setup:
-            setup()
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000)
-    return samples
-
-
-def fmt(samples: list[float]) -> str:
-    return f"{statistics.median(samples):8.1f} ms (min {min(samples):.1f}, max {max(samples):.1f})"
 
 
 def row(name: str, samples: list[float], floor: list[float] | None = None, extra: str = "") -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from psycopg import sql
 
+from bench.measure import fmt
 from devtools.pulumi_project import ROLES, Project, dev_project, pulumi_bin, pulumi_env
 
 
@@ -25,7 +26,6 @@ def _time(project: Project, args: tuple[str, ...], repeat: int) -> list[float]:
 
 
 def run_e2e(bench: Any, repeat: int) -> Iterator[str]:
-    from bench.__main__ import fmt
 
     if not (pulumi_bin() / "pulumi").exists():
         yield f"Not measured: {pulumi_bin()}/pulumi is not built on this machine (scripts/setup.sh builds it)."

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.measure import fmt
 from devtools import localpg
 from devtools.pulumi_project import loop_copy, pulumi_bin
 
@@ -16,7 +17,6 @@ UP_SQL = "CREATE TABLE wishlist_price_alerts (id uuid PRIMARY KEY DEFAULT gen_ra
 
 
 def run_loop(repeat: int) -> Iterator[str]:
-    from bench.__main__ import fmt
 
     if not (pulumi_bin() / "pulumi").exists():
         yield f"Not measured: {pulumi_bin()}/pulumi is not built on this machine (scripts/setup.sh builds it)."
