@@ -100,7 +100,7 @@ def generate_set(rng: random.Random) -> list[Mig]:
             [Stmt("DROP TABLE soak_a", Effect("table", "soak_a", False))],
         )
     ]
-    plain: list[tuple[str, str]] = []  # indexes on soak_a that a later migration may drop concurrently: (name, columns)
+    plain: list[tuple[str, str]] = []  # indexes on soak_a that a later migration may drop concurrently: (name, "[UNIQUE ]INDEX ... (col)")
     for n in range(2, 2 + rng.randint(2, 4)):
         v = f"{n:04d}"
         kind = rng.choice(["table", "column", "unique_tx", "cic", "cic", "cic_multi", "drop_index"])
@@ -126,7 +126,7 @@ def generate_set(rng: random.Random) -> list[Mig]:
             i = f"uq_k_{n}"
             ups = [_sleep(rng, n, 1), Stmt(f"CREATE UNIQUE INDEX {i} ON soak_a (k)", Effect("index", i))]
             migs.append(Mig(v, f"unique_{n}", True, ups, True, [Stmt(f"DROP INDEX {i}", Effect("index", i, False))], unique_on_k=True))
-            plain.append((i, "k"))
+            plain.append((i, f"UNIQUE INDEX CONCURRENTLY {i} ON soak_a (k)"))
         elif kind in ("cic", "cic_multi"):
             unique = rng.random() < 0.5
             i = f"idx_cc_{n}"
@@ -146,11 +146,11 @@ def generate_set(rng: random.Random) -> list[Mig]:
             downs.insert(0, Stmt(f"DROP INDEX CONCURRENTLY {i}", Effect("index", i, False)))
             migs.append(Mig(v, f"{'unique_' if unique else ''}concurrent_{n}", False, ups, False, downs, unique_on_k=unique))
             if col in ("k", "note"):
-                plain.append((i, col))
+                plain.append((i, f"{'UNIQUE ' if unique else ''}INDEX CONCURRENTLY {i} ON soak_a ({col})"))
         else:
-            i, col = plain.pop(rng.randrange(len(plain)))
+            i, definition = plain.pop(rng.randrange(len(plain)))
             ups = [Stmt(f"DROP INDEX CONCURRENTLY {i}", Effect("index", i, False))]
-            downs = [Stmt(f"CREATE INDEX CONCURRENTLY {i} ON soak_a ({col})", Effect("index", i))]
+            downs = [Stmt(f"CREATE {definition}", Effect("index", i))]  # exactly as it was: the down is verified against the snapshot
             migs.append(Mig(v, f"drop_{i}", False, ups, False, downs))
     return migs
 
@@ -235,7 +235,7 @@ def _phase(rng: random.Random, migs: list[Mig], command: str, start: int, target
         if kind == "restart" and (not restart_ok or any(f.kind == "restart" for f in faults) or rng.random() < 0.5):
             kind = "terminate"
         trigger = rng.choice(texts)[:40] if kind in (*SIGNAL_FAULTS, "terminate") and texts and rng.random() < 0.6 else None
-        faults.append(Fault(kind, rng.uniform(0.0, 1.2), trigger, rng.uniform(0.3, 3.0)))
+        faults.append(Fault(kind, rng.uniform(0.0, 0.9), trigger, rng.uniform(0.3, 3.0)))
     return Phase(command, f"{target:04d}", appliers, tuple(sorted(faults, key=lambda f: f.at)))
 
 

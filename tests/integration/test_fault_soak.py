@@ -56,5 +56,6 @@ if SOAK and not REPLAY:
             seed = secrets.randbelow(10**6)
             failures += _run(dedicated_cluster, seed, tmp_path / str(seed))
             ran += 1
+        soak.TALLY[f"random schedules run in a {BUDGET_S:.0f} s budget"] += ran
         print(f"\nfault soak: {ran} random schedules in {BUDGET_S:.0f} s budget, {len(failures)} failure line(s)")
         assert not failures, "\n".join(failures)
