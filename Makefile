@@ -48,8 +48,10 @@ test-integration: setup
 test-e2e: setup
 	@$(ENV) python -m pytest tests/e2e $(PYTEST_ARGS)
 
-soak: setup       ## the fault suite with more repetitions
-	@$(ENV) WISHLIST_SOAK=1 python -m pytest tests/integration -k fault $(PYTEST_ARGS)
+soak: setup       ## the fault suite with more repetitions, then random fault schedules for at most 5 minutes
+	@$(ENV) if [ -n "$${WISHLIST_SOAK_SEED:-}" ]; then \
+	  python -m pytest tests/integration/test_fault_soak.py -k schedule -p no:cacheprovider $(PYTEST_ARGS); \
+	else WISHLIST_SOAK=1 python -m pytest tests/integration -k fault -p no:cacheprovider $(PYTEST_ARGS); fi
 
 bench: setup      ## benchmarks against raw psql; writes bench/results/latest.md
 	@$(ENV) python -m bench

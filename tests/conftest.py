@@ -23,6 +23,13 @@ def pg_cluster() -> Iterator[localpg.Cluster]:
         yield cluster
 
 
+@pytest.fixture(scope="module")
+def dedicated_cluster() -> Iterator[localpg.Cluster]:
+    """A cluster of the module's own, for tests that restart the server (the session cluster must stay up)."""
+    with localpg.temp_cluster("wishlist-dedicated-pg-") as cluster:
+        yield cluster
+
+
 @pytest.fixture(scope="session")
 def admin(pg_cluster: localpg.Cluster) -> ConnectionSettings:
     return ConnectionSettings(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 _TALLY: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+SOAK: Counter[str] = Counter()  # the fault soak's figures: schedules, faults by kind, claims checked by kind, failures
 
 
 def record(fault: str, detail: str, *, survived: bool) -> None:
@@ -17,19 +18,21 @@ def record(fault: str, detail: str, *, survived: bool) -> None:
 
 
 def summary_lines() -> list[str]:
-    if not _TALLY:
-        return []
-    lines = ["| fault or bad input | detail | injected | survived |", "|---|---|---|---|"]
-    lines += [f"| {fault} | {detail} | {n} | {ok} |" for (fault, detail), (n, ok) in sorted(_TALLY.items())]
+    lines = []
+    if _TALLY:
+        lines += ["| fault or bad input | detail | injected | survived |", "|---|---|---|---|"]
+        lines += [f"| {fault} | {detail} | {n} | {ok} |" for (fault, detail), (n, ok) in sorted(_TALLY.items())]
+    if SOAK:
+        lines += ["", "| fault soak | count |", "|---|---|"]
+        lines += [f"| {key} | {n} |" for key, n in sorted(SOAK.items())]
     return lines
 
 
 def save() -> Path | None:
-    if not _TALLY:
+    if not _TALLY and not SOAK:
         return None
     path = Path(os.environ.get("WISHLIST_CACHE", Path.home() / ".cache/wishlist-infra")) / "reliability-latest.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps([{"fault": f, "detail": d, "injected": n, "survived": ok} for (f, d), (n, ok) in sorted(_TALLY.items())], indent=2)
-    )
+    faults = [{"fault": f, "detail": d, "injected": n, "survived": ok} for (f, d), (n, ok) in sorted(_TALLY.items())]
+    path.write_text(json.dumps({"faults": faults, "soak": dict(sorted(SOAK.items()))}, indent=2))
     return path
