@@ -263,7 +263,7 @@ class StepRunner:
             f"The database now holds {left}. The ledger should mark {step.migration.version} interrupted after statement {done} "
             "(`status` reads it)."
             if done > 0
-            else f"{label} runs outside a transaction: {this}{rest}; no statement of it completed. "
+            else f"{label} runs outside a transaction, so nothing was rolled back: {this}{rest}; no statement before it had completed. "
             f"The database now holds {left}. The ledger should mark {step.migration.version} interrupted before statement 1 "
             "(`status` reads it).",
             f"fix the cause, then run apply again: it resumes at statement {failed.index}"

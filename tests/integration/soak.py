@@ -341,7 +341,9 @@ def parse_claims(stdout: str, stderr: str) -> list[Claim]:
             claims.append(Claim("completed", m["v"], m["dir"], int(m["k"]), text=text))
         if m := re.search(LABEL + r": the catalog after .* all (?P<k>\d+) statements completed and stay committed", text):
             claims.append(Claim("completed", m["v"], m["dir"], int(m["k"]), text=text))
-        if m := re.search(LABEL + r" runs outside a transaction: .*no statement of it completed", text):
+        if m := re.search(
+            LABEL + r" runs outside a transaction, so nothing was rolled back: statement .*no statement before it had completed", text
+        ):
             claims.append(Claim("none_completed", m["v"], m["dir"], text=text))
         if m := re.search(r"(?P<v>\d{4})_\w+ \((?P<dir>up|down), outside a transaction\) was interrupted after statement (?P<k>\d+)", text):
             claims.append(Claim("interrupted_at", m["v"], m["dir"], int(m["k"]), text=text))

@@ -189,7 +189,7 @@ def test_non_transactional_failure_is_honest_and_apply_resumes(admin: Connection
     message = str(err.value)
     # True of the database when it prints: nothing rolled back, the invalid index named, and how apply resumes.
     assert "rolled back" not in message.replace("nothing was rolled back", "")
-    assert "could not create unique index" in message and "no statement of it completed" in message
+    assert "could not create unique index" in message and "no statement before it had completed" in message
     assert "invalid index public.idx_one_item_per_user" in message and "resumes at statement 1" in message
     assert q(db, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_one_item_per_user'::regclass") == [(False,)]
     assert q(db, "SELECT status, statements_done FROM migration_ledger.applied WHERE version = '0008'") == [("started", 0)]
