@@ -20,7 +20,14 @@ from components.engine.snapshot import generate
 from devtools import localpg
 from devtools.pulumi_project import ROLES, Project, dev_project
 from tests.conftest import REPO
-from tests.integration.test_wish2007 import CURRENCY_LABELS, EXPECTED_COLUMNS, EXPECTED_INDEXES, STORE_LABELS, enum_labels, q
+from tests.integration.test_wishlist_items_migration import (
+    CURRENCY_LABELS,
+    EXPECTED_COLUMNS,
+    EXPECTED_INDEXES,
+    STORE_LABELS,
+    enum_labels,
+    q,
+)
 
 
 @dataclass

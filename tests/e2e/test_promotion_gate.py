@@ -13,7 +13,7 @@ import pytest
 from components.engine.connection import ConnectionSettings
 from devtools import localpg
 from devtools.pulumi_project import ROLES, Project, dev_project
-from tests.integration.test_wish2007 import q
+from tests.integration.test_wishlist_items_migration import q
 
 
 @pytest.fixture(scope="module")

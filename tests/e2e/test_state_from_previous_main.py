@@ -16,7 +16,7 @@ from psycopg import sql
 from components.engine.connection import ConnectionSettings
 from devtools import localpg
 from devtools.pulumi_project import PROJECT_FILES, REPO, ROLES, copy_project, dev_project
-from tests.integration.test_wish2007 import q
+from tests.integration.test_wishlist_items_migration import q
 
 PREVIOUS_MAIN = "f2cfa51"  # the last main before RunOptions, migrate_to and the password-free provider inputs
 

@@ -29,7 +29,7 @@ from devtools import localpg
 from tests.conftest import REPO
 from tests.integration.reliability import record
 from tests.integration.test_engine_safety import cli_process
-from tests.integration.test_wish2007 import ledger_rows, q
+from tests.integration.test_wishlist_items_migration import ledger_rows, q
 
 
 def _refused(db: ConnectionSettings, what: str, exc_type: type[MigrationError], fn: Callable[[], Any], match: str) -> MigrationError:

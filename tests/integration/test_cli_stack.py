@@ -15,7 +15,7 @@ from components.engine.engine import Engine
 from components.engine.options import RunOptions
 from components.engine.snapshot import generate
 from tests.conftest import REPO
-from tests.integration.test_wish2007 import ledger_rows
+from tests.integration.test_wishlist_items_migration import ledger_rows
 
 
 def _project(tmp_path: Path) -> Path:

@@ -29,7 +29,7 @@ from components.engine.errors import (
 from components.engine.guards import advisory_key
 from components.engine.snapshot import generate
 from tests.conftest import APP_SET, REPO
-from tests.integration.test_wish2007 import engine_for, ledger_rows, q
+from tests.integration.test_wishlist_items_migration import engine_for, ledger_rows, q
 
 
 def _schema_is_untouched(db: ConnectionSettings) -> None:

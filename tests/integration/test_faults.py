@@ -27,7 +27,7 @@ from devtools import localpg
 from tests.conftest import APP_SET
 from tests.integration.reliability import record
 from tests.integration.test_engine_safety import cli_process
-from tests.integration.test_wish2007 import ledger_rows, q
+from tests.integration.test_wishlist_items_migration import ledger_rows, q
 
 SOAK = os.environ.get("WISHLIST_SOAK") == "1"
 REPEAT = 10 if SOAK else 2

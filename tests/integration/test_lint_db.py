@@ -12,7 +12,7 @@ from components.engine.engine import Engine
 from components.engine.errors import LintRefused
 from components.engine.options import RunOptions
 from components.engine.snapshot import generate
-from tests.integration.test_wish2007 import ledger_rows
+from tests.integration.test_wishlist_items_migration import ledger_rows
 
 
 def _setup(db: ConnectionSettings, admin: ConnectionSettings, set_copy: Path, sql: str, rows: bool) -> None:

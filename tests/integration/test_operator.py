@@ -17,7 +17,7 @@ from components.engine.errors import PromotionBlocked, VerifyFailed, WrongDataba
 from components.engine.options import RunOptions
 from components.engine.planner import Gate
 from tests.conftest import APP_SET
-from tests.integration.test_wish2007 import ledger_rows, q
+from tests.integration.test_wishlist_items_migration import ledger_rows, q
 
 UP_SQL = (APP_SET / "0007_wishlist_items.sql").read_text()
 

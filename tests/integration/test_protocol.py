@@ -21,7 +21,7 @@ from components.engine.options import RunOptions
 from components.engine.snapshot import generate
 from tests.conftest import REPO
 from tests.integration.test_engine_safety import _role, cli_process
-from tests.integration.test_wish2007 import ledger_rows, q
+from tests.integration.test_wishlist_items_migration import ledger_rows, q
 
 CIC = "-- migrate:no-transaction\nCREATE INDEX CONCURRENTLY idx_wishlist_title ON wishlist_items (title);\n"
 

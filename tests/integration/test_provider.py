@@ -14,7 +14,7 @@ from components.engine.connection import ConnectionSettings
 from components.engine.snapshot import generate
 from components.schema_migration import UNKNOWN, SchemaMigrationProvider
 from devtools.provider_props import provider_inputs
-from tests.integration.test_wish2007 import ledger_rows, q
+from tests.integration.test_wishlist_items_migration import ledger_rows, q
 
 
 def props_for(db: ConnectionSettings, set_dir: Path, **extra: Any) -> dict[str, Any]:

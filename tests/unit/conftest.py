@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.harness import Program, run_program
+from tests.unit.pulumi_mocks import Program, run_program
 
 
 @pytest.fixture(scope="session")

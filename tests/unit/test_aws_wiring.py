@@ -7,7 +7,7 @@ import json
 import pytest
 
 from components.config import ConfigError
-from tests.unit.harness import Program, Registration, iter_strings, run_program, stack_config
+from tests.unit.pulumi_mocks import Program, Registration, iter_strings, run_program, stack_config
 
 AWS_STACKS = ("staging", "prod")
 MIGRATION = "pulumi-python:dynamic/db:SchemaMigration"

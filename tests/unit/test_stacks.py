@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from components.config import ConfigError
-from tests.unit.harness import DEV_PASSWORDS, MASTER_PASSWORD, Program, iter_strings, run_program, stack_config
+from tests.unit.pulumi_mocks import DEV_PASSWORDS, MASTER_PASSWORD, Program, iter_strings, run_program, stack_config
 
 AWS_STACKS = ("staging", "prod")
 
