@@ -89,21 +89,28 @@ def test_a_frozen_lock_holder_is_named_when_the_waiter_gives_up(
     assert "Nothing was written" in text
 
 
-def test_a_multi_statement_run_outside_a_transaction_reports_what_completed_and_resumes(
-    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
-) -> None:
+def _stopped_at_the_second_of_two_indexes(
+    db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> tuple[migset.MigrationSet, str]:
+    """0008 builds two indexes outside a transaction; duplicate rows make the second (unique) one fail."""
     text = (
         "-- migrate:no-transaction\n"
         "CREATE INDEX CONCURRENTLY idx_wishlist_title ON wishlist_items (title);\n"
         "CREATE UNIQUE INDEX CONCURRENTLY idx_one_per_user ON wishlist_items (user_id);\n"
     )
     mset = _with(admin, set_copy, {"0008_two_indexes.sql": text})
-    Engine(fresh_db, mset).apply("0007")
-    with fresh_db.connect() as conn:
+    Engine(db, mset).apply("0007")
+    with db.connect() as conn:
         conn.execute("INSERT INTO wishlist_items (user_id, title, store) VALUES ('u', 'a', 'LEGO'), ('u', 'b', 'LEGO')")
     with pytest.raises(IncompleteMigration) as err:
-        Engine(fresh_db, mset).apply()
-    message = str(err.value)
+        Engine(db, mset).apply()
+    return mset, str(err.value)
+
+
+def test_a_multi_statement_run_outside_a_transaction_reports_what_completed_and_resumes(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    mset, message = _stopped_at_the_second_of_two_indexes(fresh_db, set_copy, admin)
     assert "statements 1-1 of 2 completed and stay committed" in message and "statement 2 (line 3)" in message
     assert "nothing was rolled back" in message and "invalid index public.idx_one_per_user" in message
     status = subprocess.run(
@@ -130,17 +137,8 @@ def _dsn(db: ConnectionSettings) -> str:
 def test_an_edited_prefix_of_an_interrupted_file_is_refused(
     fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
 ) -> None:
-    text = (
-        "-- migrate:no-transaction\n"
-        "CREATE INDEX CONCURRENTLY idx_wishlist_title ON wishlist_items (title);\n"
-        "CREATE UNIQUE INDEX CONCURRENTLY idx_one_per_user ON wishlist_items (user_id);\n"
-    )
-    mset = _with(admin, set_copy, {"0008_two_indexes.sql": text})
-    Engine(fresh_db, mset).apply("0007")
-    with fresh_db.connect() as conn:
-        conn.execute("INSERT INTO wishlist_items (user_id, title, store) VALUES ('u', 'a', 'LEGO'), ('u', 'b', 'LEGO')")
-    with pytest.raises(IncompleteMigration):
-        Engine(fresh_db, mset).apply()
+    _stopped_at_the_second_of_two_indexes(fresh_db, set_copy, admin)
+    text = (set_copy / "0008_two_indexes.sql").read_text()
     edited = _with(admin, set_copy, {"0008_two_indexes.sql": text.replace("(title)", "(title, store)")})
     with pytest.raises(IncompleteMigration, match="first 1 statement\\(s\\) changed since then"):
         Engine(fresh_db, edited).apply()
