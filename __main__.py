@@ -22,8 +22,10 @@ access = DatabaseAccess(
         ledger_schema="migration_ledger",
         iam_auth=cfg.is_aws,
         protect=cfg.protect,
-        # Only where destroy is meant to roll everything back (dev): the ledger's tables go with its schema.
-        drop_cascade=cfg.migrations.allow_rollback and not cfg.protect,
+        # Only where destroy rolls the schema back (destroyDropsSchema, dev only): the ledger's tables go with it.
+        # Elsewhere destroy keeps the roles, grants and ledger that the schema needs (retain_on_delete).
+        drop_cascade=cfg.migrations.destroy_drops_schema,
+        retain=not cfg.migrations.destroy_drops_schema,
         passwords=cfg.role_passwords,
     ),
     opts=pg_opts,
@@ -70,6 +72,7 @@ TableGrants(
         tables=["wishlist_items"],
         roles={"app": access.roles["app"].name, "readonly": access.roles["readonly"].name},
         protect=cfg.protect,
+        retain=not cfg.migrations.destroy_drops_schema,
     ),
     opts=pulumi.ResourceOptions(provider=target.provider, depends_on=[migration]),
 )

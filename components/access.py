@@ -22,9 +22,10 @@ PROXY_ROLES = (APP, READONLY)  # who may log in through the RDS Proxy
 R = TypeVar("R", bound=pulumi.Resource)
 
 
-def guarded(protect: bool) -> pulumi.ResourceOptions:
-    """Where the stack protects: no delete or replace through Pulumi, and leaving the stack keeps the object."""
-    return pulumi.ResourceOptions(protect=protect, retain_on_delete=protect)
+def guarded(protect: bool, retain: bool = False) -> pulumi.ResourceOptions:
+    """Where the stack protects: no delete or replace through Pulumi; where it protects or keeps the schema on
+    destroy, leaving the stack keeps the object (a role that owns the schema cannot be dropped anyway)."""
+    return pulumi.ResourceOptions(protect=protect, retain_on_delete=protect or retain)
 
 
 class Serial:
@@ -52,7 +53,8 @@ class DatabaseAccessArgs:
     ledger_schema: str
     iam_auth: bool  # AWS: login through IAM (rds_iam); local: passwords
     protect: bool = False  # protect and retain_on_delete on every role, grant, schema and default privilege
-    drop_cascade: bool = False  # DROP SCHEMA ... CASCADE on the ledger: only where destroy is meant to roll back (dev)
+    drop_cascade: bool = False  # DROP SCHEMA ... CASCADE on the ledger: only where destroy rolls the schema back (dev)
+    retain: bool = False  # destroy keeps roles, grants and the ledger (the schema they own stays too)
     passwords: dict[str, pulumi.Output[str]] = field(default_factory=dict)  # role key -> secret, local only
     password_version: str = "1"  # noqa: S105 -- a version counter, not a password; bump to rotate the write-only passwords
 
@@ -62,7 +64,7 @@ class DatabaseAccess(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DatabaseAccessArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("wishlist:db:DatabaseAccess", name, None, opts)
-        guard = guarded(args.protect)
+        guard = guarded(args.protect, args.retain)
         child = pulumi.ResourceOptions.merge(guard, pulumi.ResourceOptions(parent=self))
         self.roles: dict[str, postgresql.Role] = {}
         self.iam_grants: list[postgresql.GrantRole] = []
@@ -77,7 +79,7 @@ class DatabaseAccess(pulumi.ComponentResource):
                 create_role=False,
                 superuser=False,
                 connection_limit=20 if key != "migrator" else 5,
-                # Write-only: the password never lands in the stack state.
+                # Write-only for the provider (never read back); the input itself is kept in state as an encrypted secret.
                 password_wo=password,
                 password_wo_version=None if password is None else args.password_version,
                 # Deleting a role fails while it still owns something, instead of REASSIGN OWNED + DROP OWNED.
@@ -164,6 +166,7 @@ class TableGrantsArgs:
     tables: Sequence[str]
     roles: dict[str, pulumi.Input[str]]
     protect: bool = False
+    retain: bool = False  # destroy keeps the grants (the tables stay too)
 
 
 class TableGrants(pulumi.ComponentResource):
@@ -172,7 +175,7 @@ class TableGrants(pulumi.ComponentResource):
     def __init__(self, name: str, args: TableGrantsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("wishlist:db:TableGrants", name, None, opts)
         # One Grant per (role, schema, object type): two would fight over the same privileges.
-        serial = Serial(self, guarded(args.protect))
+        serial = Serial(self, guarded(args.protect, args.retain))
         self.grants = [
             serial.add(
                 postgresql.Grant(

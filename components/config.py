@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .engine.errors import UsageError
-from .engine.options import RunOptions
+from .engine.options import LIMITS, InvalidOption, RunOptions
 
 if TYPE_CHECKING:  # the operator CLI reads stack files through this module without loading the Pulumi SDK
     import pulumi
@@ -127,34 +127,20 @@ class MigrationsConfig:
             raise ConfigError(
                 "migrations.destroyDropsSchema", f"is true in {environment}", "false outside dev (destroy never drops a shared schema)"
             )
-        waits = {
-            key: _get(raw, key, p, int, default)
-            for key, default in (
-                ("lockWaitMs", d.lock_wait_ms),
-                ("lockTimeoutMs", d.lock_timeout_ms),
-                ("statementTimeoutMs", d.statement_timeout_ms),
-                ("ddlRetries", d.ddl_retries),
-            )
-        }
-        if waits["lockWaitMs"] <= 0 or waits["lockTimeoutMs"] <= 0:
+        keys = {"lockWaitMs": "lock_wait_ms", "lockTimeoutMs": "lock_timeout_ms", "ddlRetries": "ddl_retries"}
+        keys["statementTimeoutMs"] = "statement_timeout_ms"
+        values = {field: _get(raw, key, p, int, getattr(d, field)) for key, field in keys.items()}
+        try:
+            options = RunOptions(stack=owner, strict_lint=environment == "prod", **values)
+        except InvalidOption as exc:  # the ranges live in RunOptions; name the config key that holds the value
+            key = next(k for k, f in keys.items() if f == exc.name)
+            low, high = LIMITS[exc.name]
             raise ConfigError(
-                "migrations.lockTimeoutMs", f"is {waits['lockTimeoutMs']} (lockWaitMs {waits['lockWaitMs']})", "both > 0 milliseconds"
-            )
-        if waits["statementTimeoutMs"] < 0 or not 0 <= waits["ddlRetries"] <= 20:
-            raise ConfigError(
-                "migrations.ddlRetries",
-                f"is {waits['ddlRetries']} (statementTimeoutMs {waits['statementTimeoutMs']})",
-                "ddlRetries 0..20, statementTimeoutMs >= 0",
-            )
-        options = RunOptions(
-            stack=owner,
-            lock_wait_ms=waits["lockWaitMs"],
-            lock_timeout_ms=waits["lockTimeoutMs"],
-            ddl_retries=waits["ddlRetries"],
-            statement_timeout_ms=waits["statementTimeoutMs"],
-            strict_lint=environment == "prod",
-        )
+                f"migrations.{key}", f"is {values[exc.name]}", f"{low}..{high} ({'retries' if key == 'ddlRetries' else 'ms'})"
+            ) from None
         gate = _get(raw, "requireAppliedIn", p, str, "staging" if environment == "prod" else None)
+        if environment == "prod" and gate in (None, "", "prod"):
+            raise ConfigError("migrations.requireAppliedIn", f"is {gate!r} in prod", "the stack prod promotes from, e.g. staging")
         return cls(set_dir, target, allow, drops, options, gate or None)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from .engine import migset
 from .engine.connection import ConnectionSettings, mask_dsn
 from .engine.engine import Engine, RunResult, VerifyReport
-from .engine.errors import MigrationError, PromotionBlocked, SetError
+from .engine.errors import MigrationError, PromotionBlocked, SetError, UsageError
 from .engine.ledger import LedgerState
 from .engine.options import RunOptions
 from .engine.planner import Gate, Plan, parse_target
@@ -145,8 +145,27 @@ def _engine(args: argparse.Namespace, *, writes: bool = False) -> Engine:
         "statement_timeout_ms": args.statement_timeout,
         "strict_lint": args.strict_lint,
     }
-    options = replace(base, **{k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    if args.stack is not None:
+        _refuse_weaker(base, given, args.stack)
+    options = replace(base, **given)
     return Engine(ConnectionSettings.from_dsn(args.dsn), migset.load(Path(args.set_dir)), options, gate=gate, progress=progress)
+
+
+def _refuse_weaker(rules: RunOptions, flags: dict[str, Any], stack: str) -> None:
+    """With --stack, a flag may make a run stricter than the stack's rules, never looser."""
+    looser = [
+        f"--{name.replace('_ms', '').replace('_', '-')} {value} (the stack says {getattr(rules, name)})"
+        for name, value in flags.items()
+        if (name == "ledger_schema" and value != rules.ledger_schema)
+        or (name in ("lock_timeout_ms", "lock_wait_ms") and value > getattr(rules, name))
+        or (name == "statement_timeout_ms" and rules.statement_timeout_ms and not 0 < value <= rules.statement_timeout_ms)
+    ]
+    if looser:
+        raise UsageError(
+            f"--stack {stack}: {'; '.join(looser)} would loosen the stack's rules (Pulumi.{stack}.yaml). Nothing was run.",
+            f"drop the flag, or change wishlist:migrations in Pulumi.{stack}.yaml through review.",
+        )
 
 
 def _gate(project_dir: Path, stack: str) -> Gate:

@@ -200,7 +200,9 @@ class SchemaMigrationProvider(ResourceProvider):
             engine = self.engine(args, news)
             plan, report = engine.observe(parse_target(engine.mset, args.target_version))
         except ConnectFailed as exc:
-            _log(f"database not reachable during preview ({exc.problem}); diff judged from stack state only")
+            if exc.refused:  # a wrong password or missing AWS credentials is an error, never "unchanged"
+                raise _fail(exc) from None
+            _log(f"WARNING: database not reachable during preview ({exc.problem}); diff judged from stack state only")
             target = int(args.target_version or 0)
             applied = {r["version"] for r in olds.get("applied") or []}
             pending = [m["version"] for m in news.get("migrations") or [] if m["version"] not in applied and int(m["version"]) <= target]
@@ -304,9 +306,12 @@ def _iam_token(host: str, port: int, user: str, region: str) -> str:
         raise ConnectFailed(
             f"no AWS credentials to sign an IAM token for {user}@{host}:{port}.",
             "export AWS credentials (AWS_PROFILE, or the pipeline's role) with rds-db:connect on this user, then run again.",
+            refused=True,
         ) from None
     except BotoCoreError as exc:
-        raise ConnectFailed(f"cannot sign an IAM token for {user}@{host}:{port}: {exc}.", "check the AWS region and credentials.") from None
+        raise ConnectFailed(
+            f"cannot sign an IAM token for {user}@{host}:{port}: {exc}.", "check the AWS region and credentials.", refused=True
+        ) from None
 
 
 def _outputs(props: dict[str, Any], result: RunResult, drift: list[str] | None = None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from psycopg import sql
 from . import catalog as cat
 from .errors import SetError, UsageError, VerifyFailed
 from .guards import preflight
+from .planner import Step
 from .runner import whoami
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ def adopt(engine: Engine, version: str | None, drizzle_dir: Path | None = None) 
                 f"{state.database} already has applied versions ({', '.join(r.version for r in state.rows)}): nothing to adopt.",
                 "use `apply`; adopt is for a database that has the schema but no ledger.",
             )
+        if engine.gate is not None:  # adoption records versions: the promotion gate applies as it does to apply
+            engine.gate.enforce(tuple(Step(m, "up") for m in mset.up_to(version)))
         problems: list[str] = []
         if drizzle_dir is not None:
             problems += check_drizzle(conn, drizzle_dir).problems

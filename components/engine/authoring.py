@@ -55,6 +55,8 @@ def _name_problem(name: str) -> str | None:
     """Why `NNNN_<name>.sql` would not match the set's naming rule, or None."""
     if not name:
         return "the name is empty"
+    if len(name) > 60:
+        return f"the name is {len(name)} characters long: keep it to 60 (a file name and a ledger label, not a description)"
     if _UP_FILE.match(f"0000_{name}.sql"):
         head = name.split("_", 1)[0]
         if head.isdigit() and len(head) >= 4 and "_" in name:
@@ -104,8 +106,24 @@ def new_migration(directory: Path, name: str, *, up_sql: str | None = None, vers
 
 
 def from_drizzle(text: str) -> str:
-    """A drizzle-kit generated file as an up migration: the breakpoints go, every other byte stays."""
-    return text.replace(DRIZZLE_BREAKPOINT, "")
+    """A drizzle-kit generated file as an up migration: the breakpoint comments go, every other byte stays.
+
+    Only comment tokens are removed (found by PostgreSQL's scanner), never the same characters inside a string.
+    """
+    from pglast.parser import scan  # lazily: only --from-drizzle pays for the parser
+
+    bom = "\ufeff" if text.startswith("\ufeff") else ""  # kept as it was; the scanner does not expect it
+    text = text.removeprefix(bom)
+    try:
+        tokens = scan(text)
+    except Exception as exc:  # pglast's scanner error: name it, never a traceback
+        raise SetError(f"the drizzle-kit file cannot be scanned as SQL: {exc}.", "pass the .sql file drizzle-kit wrote.") from None
+    out, last = [], 0
+    for token in tokens:  # offsets are character positions, end inclusive
+        if token.name == "SQL_COMMENT" and text[token.start : token.end + 1].strip() == DRIZZLE_BREAKPOINT:
+            out.append(text[last : token.start])
+            last = token.end + 1
+    return bom + "".join(out) + text[last:]
 
 
 def read_drizzle(path: Path) -> str:
@@ -162,9 +180,16 @@ def _created(stmt: Any) -> tuple[str, str] | None:
 def down_skeleton(up_sql: str, up_name: str, *, label: str | None = None) -> str:
     """A down file that drops what `up_sql` creates, newest first, marked for a person to review."""
     from pglast import parse_sql  # lazily: only --from-drizzle pays for the parser
+    from pglast.parser import ParseError
 
     drops = []
-    for raw in parse_sql(up_sql):
+    try:
+        parsed = parse_sql(up_sql.removeprefix("\ufeff"))
+    except ParseError as exc:
+        raise SetError(
+            f"{up_name} is not valid SQL: {exc}.", "fix the SQL (or the drizzle schema it came from) and run `new` again."
+        ) from None
+    for raw in parsed:
         created = _created(raw.stmt)
         if created:
             drops.append(f"DROP {created[0]} {created[1]};")

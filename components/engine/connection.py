@@ -14,10 +14,11 @@ if TYPE_CHECKING:
     import psycopg
 
 DEFAULT_CONNECT_TIMEOUT = 10
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
-_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)\S*@")  # greedy: a password may itself hold '@'
+
+_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|(?:\\.|\S)+)", re.IGNORECASE)
 # SQL text shown in messages (a statement, another session's query): CREATE/ALTER ROLE ... PASSWORD '...'.
-_PASSWORD_SQL = re.compile(r"(\bpassword\s+)(E?'(?:[^']|'')*'?)", re.IGNORECASE)
+_PASSWORD_SQL = re.compile(r"(\bpassword\s+)(E'(?:[^'\\]|\\.|'')*'?|'(?:[^']|'')*'?|\$(\w*)\$.*?(?:\$\3\$|$))", re.IGNORECASE)
 
 
 def mask_dsn(text: str) -> str:
@@ -112,7 +113,9 @@ class ConnectionSettings:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if self.password:
                 message = message.replace(self.password, "***")
+            full = str(exc)
             raise ConnectFailed(
                 f"cannot connect to {self.describe()}: {mask_dsn(message)}.",
                 "check host, port, user and password (PGPASSWORD or the stack secret), and that the server is running and reachable.",
+                refused="FATAL:" in full,  # libpq's wording when the server answered (login, database, limits), not the network
             ) from None

@@ -37,7 +37,13 @@ class UnknownVersion(MigrationError):
 
 
 class ConnectFailed(MigrationError):
+    """No session: `refused` when the server (or the credentials) said no, not merely unreachable."""
+
     code = "connect-failed"
+
+    def __init__(self, problem: str, fix: str = "", *, refused: bool = False) -> None:
+        super().__init__(problem, fix)
+        self.refused = refused
 
 
 class NotWritable(MigrationError):

@@ -5,7 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from .errors import UsageError
 from .ledger import DEFAULT_LEDGER_SCHEMA
+
+# The sane range of each number, checked once for every caller (stack config, CLI flags, provider inputs).
+LIMITS = {
+    "lock_wait_ms": (1, 3_600_000),
+    "lock_timeout_ms": (1, 60_000),
+    "ddl_retries": (0, 20),
+    "statement_timeout_ms": (0, 86_400_000),
+}
+
+
+class InvalidOption(UsageError):
+    """A run option outside its range."""
+
+    code = "invalid-option"
+
+    def __init__(self, name: str, value: object, low: int, high: int) -> None:
+        super().__init__(f"run option {name} is {value!r}, outside {low}..{high}.", f"give {name} a value from {low} to {high}.")
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -23,6 +42,12 @@ class RunOptions:
     ddl_retries: int = 5  # attempts after a DDL lock timeout, each in a fresh transaction, with backoff
     statement_timeout_ms: int = 0  # 0 = no limit
     strict_lint: bool = False  # prod: unacknowledged lint findings refuse the apply
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise InvalidOption(name, value, low, high)
 
     def to_props(self) -> dict[str, Any]:
         """The options as flat, JSON-able properties (Pulumi inputs, --json output)."""

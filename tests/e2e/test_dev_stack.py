@@ -210,6 +210,16 @@ def test_7_state_holds_no_password_in_plaintext(stack: Stack) -> None:
         assert password not in state_files, f"{role}'s password is in the backend's files"
         assert password not in "\n".join(stack.log), f"{role}'s password is in pulumi's output"
     assert '"password"' in exported and "ciphertext" in exported  # present, but encrypted
+    # What the README says is stored, decrypted: the migration resource holds no password at all; the role passwords
+    # are only the roles' write-only inputs.
+    revealed = json.loads(stack.run("stack", "export", "--show-secrets").stdout)
+    for resource in revealed["deployment"]["resources"]:
+        text = json.dumps(resource)
+        holders = [role for role, password in stack.passwords.items() if password in text]
+        if resource["type"] == "pulumi-python:dynamic/db:SchemaMigration":
+            assert holders == [], f"the migration resource holds the {holders} password"
+        elif holders:
+            assert resource["type"] in ("postgresql:index/role:Role", "pulumi:providers:postgresql"), (resource["type"], holders)
 
 
 def _rename_migration(stack: Stack, new_name: str, *, alias: bool) -> None:

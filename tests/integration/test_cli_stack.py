@@ -15,7 +15,7 @@ from components.engine.engine import Engine
 from components.engine.options import RunOptions
 from components.engine.snapshot import generate
 from tests.conftest import REPO
-from tests.integration.test_wishlist_items_migration import ledger_rows
+from tests.integration.test_wishlist_items_migration import ledger_rows, q
 
 
 def _project(tmp_path: Path) -> Path:
@@ -89,3 +89,22 @@ def test_stack_prod_brings_strict_lint_and_the_promotion_gate(
 def test_an_unknown_stack_is_one_clear_line(fresh_db: ConnectionSettings, set_copy: Path, tmp_path: Path) -> None:
     proc = _cli(fresh_db, set_copy, _project(tmp_path), "apply", "--stack", "qa")
     assert proc.returncode == 1 and proc.stderr.startswith("error: --stack qa: cannot read") and proc.stderr.count("\n") == 1
+
+
+def test_flags_cannot_loosen_a_stacks_rules_and_bad_values_are_refused(
+    fresh_db: ConnectionSettings, admin: ConnectionSettings, set_copy: Path, tmp_path: Path
+) -> None:
+    project = _project(tmp_path)
+    _owned_with_pending_index(fresh_db, admin, set_copy, "wishlist-infra/staging")
+    for flags, said in (
+        (("--lock-timeout", "60000"), "--lock-timeout 60000 (the stack says 1000) would loosen"),
+        (("--ledger-schema", "shadow_ledger"), "--ledger-schema shadow_ledger (the stack says migration_ledger)"),
+        (("--lock-timeout", "0"), "run option lock_timeout_ms is 0, outside 1..60000"),
+        (("--ddl-retries", "-1"), "run option ddl_retries is -1, outside 0..20"),
+    ):
+        proc = _cli(fresh_db, set_copy, project, "apply", "--stack", "staging", *flags)
+        assert proc.returncode == 1 and said in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007"]
+    assert q(fresh_db, "SELECT to_regnamespace('shadow_ledger')") == [(None,)]
+    stricter = _cli(fresh_db, set_copy, project, "apply", "--stack", "staging", "--lock-timeout", "500")
+    assert stricter.returncode == 0, stricter.stderr

@@ -156,3 +156,14 @@ def test_destroy_drops_schema_without_a_stack_is_refused_at_check(fresh_db: Conn
     props = props_for(fresh_db, set_copy, destroy_drops_schema=True, stack=None)
     failures = SchemaMigrationProvider().check({}, props).failures
     assert [f.property for f in failures] == ["destroy_drops_schema"]
+
+
+def test_a_refused_login_fails_the_preview_instead_of_judging_from_state(fresh_db: ConnectionSettings, set_copy: Path) -> None:
+    """A wrong password must not turn into 'unchanged': only an unreachable server falls back to the stack state."""
+    provider = SchemaMigrationProvider()
+    outs = provider.create(props_for(fresh_db, set_copy)).outs
+    wrong = props_for(replace(fresh_db, password="not-the-password"), set_copy)
+    with pytest.raises(Exception, match=r"ConnectFailed: cannot connect .*password authentication failed") as err:
+        provider.diff("x", {**outs, "host": wrong["host"]}, wrong)
+    assert "not-the-password" not in str(err.value)
+    assert provider.diff("x", outs, props_for(replace(fresh_db, port=1), set_copy)).changes is not None  # unreachable: falls back

@@ -97,9 +97,10 @@ def test_proxy_logs_in_each_application_role_by_iam_and_never_the_master(program
 def test_nothing_cascades_and_database_objects_are_guarded_where_the_stack_protects(programs: dict[str, Program], stack: str) -> None:
     p = programs[stack]
     schema = p.one("postgresql:index/schema:Schema")
-    # Only dev (unprotected, allowRollback) cascades: its destroy rolls everything back, ledger tables included.
-    cascades = stack == "dev"
-    assert schema.inputs.get("dropCascade", False) is cascades, "DROP SCHEMA ... CASCADE would take the ledger with it"
+    # Only where destroy rolls the schema back (destroyDropsSchema, dev only) does the ledger go with its schema.
+    drops = bool(stack_config(stack)["wishlist:migrations"].get("destroyDropsSchema", False))
+    assert drops is (stack == "dev")
+    assert schema.inputs.get("dropCascade", False) is drops, "DROP SCHEMA ... CASCADE would take the ledger with it"
     for role in p.of_type("postgresql:index/role:Role"):
         # Deleting a role must fail while it owns something, never REASSIGN OWNED + DROP OWNED it away.
         assert role.inputs.get("skipReassignOwned") is True, role.name
@@ -109,6 +110,18 @@ def test_nothing_cascades_and_database_objects_are_guarded_where_the_stack_prote
     wrong = [(r.name, r.protect, r.retain_on_delete) for r in objects if (r.protect, r.retain_on_delete) != (guarded, guarded)]
     assert not wrong, wrong
     assert guarded is (stack != "dev")
+
+
+@pytest.mark.parametrize("stack", ("dev", "staging"))
+def test_a_stack_whose_destroy_keeps_the_schema_keeps_what_it_needs(stack: str) -> None:
+    """destroyDropsSchema off (and staging even unprotected): no CASCADE, and roles, grants and ledger are retained."""
+    cfg = stack_config(stack)
+    cfg["wishlist:migrations"] = {**cfg["wishlist:migrations"], "destroyDropsSchema": False, "allowRollback": True}
+    cfg["wishlist:protect"] = False
+    p = run_program(stack, cfg)
+    assert p.one("postgresql:index/schema:Schema").inputs.get("dropCascade", False) is False
+    objects = [r for t in DB_OBJECTS for r in p.of_type(t)]
+    assert objects and all(r.retain_on_delete for r in objects), [r.name for r in objects if not r.retain_on_delete]
 
 
 # 5. Credentials survive rotation.

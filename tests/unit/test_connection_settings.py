@@ -41,7 +41,11 @@ def test_passwords_in_sql_text_are_masked() -> None:
         "alter role app with password   E'Sup3r''secret'",
         "ALTER ROLE app PASSWORD 'Sup3r''secr",  # cut short by a length limit
         "host=db password=Sup3r'secret user=x",
+        "postgresql://u:Sup3r@secret@127.0.0.1:1/db",
+        "host=db password=Sup3r\\ secret user=x",
+        "ALTER ROLE app PASSWORD $$Sup3r secret$$",
+        "ALTER ROLE app PASSWORD E'Sup3r\\'secret' LOGIN",
     ):
         masked = mask_dsn(text)
-        assert "Sup3r" not in masked and "***" in masked, masked
+        assert "Sup3r" not in masked and "secret" not in masked and "***" in masked, masked
     assert mask_dsn("SELECT 'no secret here'") == "SELECT 'no secret here'"

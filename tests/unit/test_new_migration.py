@@ -125,3 +125,15 @@ def test_check_refuses_an_unreviewed_down_skeleton(tmp_path: Path) -> None:
     proc = run_cli("check", "--offline", "--set", str(set_dir))
     assert proc.returncode == 1, proc
     assert "0001_a.down.sql" in proc.stderr and "migrate:unreviewed" in proc.stderr and "Fix:" in proc.stderr, proc.stderr
+
+
+def test_from_drizzle_removes_only_breakpoint_comments_and_keeps_a_bom() -> None:
+    text = "\ufeffCREATE TABLE a (x text DEFAULT '--> statement-breakpoint', y text DEFAULT 'é');--> statement-breakpoint\r\nCREATE INDEX i ON a (x);\n"
+    up = from_drizzle(text)
+    assert up == text.replace(";--> statement-breakpoint\r\n", ";\r\n")
+    assert "DROP TABLE" in down_skeleton(up, "0008_x.sql")  # the BOM does not break the parser either
+
+
+def test_a_name_too_long_for_a_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SetError, match="keep it to 60"):
+        new_migration(tmp_path, "x" * 260)
