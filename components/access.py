@@ -122,6 +122,19 @@ class DatabaseAccess(pulumi.ComponentResource):
                 )
             )
         )
+        # PUBLIC keeps CONNECT on the database and loses TEMPORARY: no role makes objects the schema does not know.
+        self.schema_grants.append(
+            serial.add(
+                postgresql.Grant(
+                    f"{name}-public-database",
+                    database=args.database,
+                    role="public",
+                    object_type="database",
+                    privileges=["CONNECT"],
+                    opts=serial.opts(),
+                )
+            )
+        )
         # The migrator owns the ledger, so it needs no CREATE on the database.
         self.ledger_schema = serial.add(
             postgresql.Schema(

@@ -44,7 +44,7 @@ class Project:
     stack: str = "dev"
     log: list[str] = field(default_factory=list)
 
-    def run(self, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, check: bool = True, timeout: int = 600, log: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             ["pulumi", *args, "--stack", self.stack, "--non-interactive", "--color", "never"],
             cwd=self.workdir,
@@ -53,7 +53,8 @@ class Project:
             capture_output=True,
             timeout=timeout,
         )
-        self.log.append(f"$ pulumi {' '.join(args)}\n{proc.stdout}\n{proc.stderr}")
+        # log=False: output that reveals secrets on purpose (export --show-secrets) stays out of the shared log.
+        self.log.append(f"$ pulumi {' '.join(args)}\n{proc.stdout if log else '(not logged)'}\n{proc.stderr}")
         if check and proc.returncode != 0:
             raise AssertionError(f"pulumi {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc

@@ -126,6 +126,9 @@ def test_2a_least_privilege_holds_for_later_sequences_and_for_public(stack: Stac
     assert q(stack.db, "SELECT has_schema_privilege('public', 'public', 'CREATE'), has_schema_privilege('public', 'public', 'USAGE')") == [
         (False, False)
     ]
+    # PUBLIC keeps CONNECT on the database, not TEMPORARY: the read-only role makes no temp tables.
+    with stack.as_role("wishlist_readonly").connect() as ro, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        ro.execute("CREATE TEMP TABLE scratch (x int)")
     with stack.as_role("wishlist_migrator").connect() as mig:
         mig.execute("CREATE TABLE later_serial (id serial PRIMARY KEY, note text)")  # as a later migration would
     try:
@@ -212,7 +215,7 @@ def test_7_state_holds_no_password_in_plaintext(stack: Stack) -> None:
     assert '"password"' in exported and "ciphertext" in exported  # present, but encrypted
     # What the README says is stored, decrypted: the migration resource holds no password at all; the role passwords
     # are only the roles' write-only inputs.
-    revealed = json.loads(stack.run("stack", "export", "--show-secrets").stdout)
+    revealed = json.loads(stack.project.run("stack", "export", "--show-secrets", log=False).stdout)
     for resource in revealed["deployment"]["resources"]:
         text = json.dumps(resource)
         holders = [role for role, password in stack.passwords.items() if password in text]
