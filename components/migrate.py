@@ -267,6 +267,12 @@ def _check(args: argparse.Namespace) -> int:
     mset = migset.load(set_dir)  # parses every file: a syntax error or transaction control is refused here
     refuse_unreviewed(migset.scan(set_dir))
     findings = _lint_files(mset, args.files, strict=args.strict_lint)
+    stale_traces = migset.stale_traces(mset)
+    if stale_traces:
+        raise SetError(
+            "the lock trace in meta/ does not describe the files: " + "; ".join(stale_traces) + ".",
+            migset.SNAPSHOT_HINT.format(set_dir=set_dir),
+        )
     if not args.offline:
         from .engine.snapshot import replay
 
