@@ -219,6 +219,8 @@ class SchemaMigrationProvider(ResourceProvider):
                     for s in plan.steps
                 )
             )
+        for impact in plan.impacts:
+            _log(f"trace: {impact.describe()}")
         drift = list(report.differences) if plan.current is not None else []
         for d in drift:
             _log(f"drift: {d.describe()}")

@@ -156,3 +156,20 @@ def test_destroy_drops_schema_without_a_stack_is_refused_at_check(fresh_db: Conn
     props = props_for(fresh_db, set_copy, destroy_drops_schema=True, stack=None)
     failures = SchemaMigrationProvider().check({}, props).failures
     assert [f.property for f in failures] == ["destroy_drops_schema"]
+
+
+def test_preview_logs_the_measured_lock_and_live_size_of_each_pending_statement(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    provider = SchemaMigrationProvider()
+    created = provider.create(props_for(fresh_db, set_copy))
+    (set_copy / "0008_priority.sql").write_text("ALTER TABLE wishlist_items ALTER COLUMN priority TYPE bigint;\n")
+    generate(admin, set_copy)
+    capsys.readouterr()
+    assert provider.diff(created.id, created.outs, props_for(fresh_db, set_copy)).changes is True
+    err = capsys.readouterr().err
+    assert "[schema-migration] plan: up 0008_priority" in err
+    assert (
+        "[schema-migration] trace: 0008 line 1: ACCESS EXCLUSIVE on wishlist_items (blocks reads, writes); rewrites; ~0 rows, "
+        in err.replace("rows unknown (never analysed)", "~0 rows")
+    ), err
