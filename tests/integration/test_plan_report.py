@@ -54,7 +54,7 @@ def test_cli_plan_renders_markdown_and_json_for_a_pull_request(
     assert (
         "| 2 | `ALTER TABLE wishlist_items ALTER COLUMN priority TYPE bigint` | ACCESS EXCLUSIVE on `wishlist_items` | reads, writes" in out
     )
-    assert "### Lint" in out and "index-without-concurrently" in out
+    assert "### Lint" in out and "require-concurrent-index-creation" in out
     assert "### Drift\n\n- none: the live schema matches version 0007" in out
     assert "### Promotion gate\n\nno promotion gate for this stack" in out
 
