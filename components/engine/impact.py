@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .migset import Migration
@@ -84,6 +84,8 @@ class StatementImpact:
     size: TableSize | None
     duration: str  # "instant", "grows with 2.1 GB", "unknown (no trace)"
     measured: bool
+    own_mode: str | None = None  # the strongest lock this statement itself took on the table
+    held_since: int | None = None  # line of the earlier statement of the transaction that took `mode`
 
     def describe(self) -> str:
         """One line, for `pulumi preview` and the text plan."""
@@ -91,13 +93,22 @@ class StatementImpact:
             return f"{self.version} line {self.line}: no lock on an existing table; {self.duration}: {self.sql}"
         what = ", ".join(w for w, on in (("rewrites", self.rewrite), ("scans", self.scan)) if on) or "no rewrite or scan"
         return (
-            f"{self.version} line {self.line}: {mode_name(self.mode or '')} on {self.table} (blocks {self.blocks}); {what}; "
+            f"{self.version} line {self.line}: {self.lock_text()} (blocks {self.blocks}); {what}; "
             f"{size_text(self.size, self.new_table)}; {self.duration}{'' if self.measured else ' (trace partly seen)'}: {self.sql}"
         )
+
+    def lock_text(self, quote: str = "") -> str:
+        """'ACCESS EXCLUSIVE on t', and where it comes from when an earlier statement of the transaction took it."""
+        text = f"{mode_name(self.mode or '')} on {quote}{self.table}{quote}"
+        if self.held_since is not None and self.held_since != self.line and self.own_mode != self.mode:
+            own = f"this statement takes {mode_name(self.own_mode)}" if self.own_mode else "no new lock"
+            text += f" (held since line {self.held_since}; {own})"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["mode"] = mode_name(self.mode) if self.mode else None
+        out["own_mode"] = mode_name(self.own_mode) if self.own_mode else None
         out["message"] = self.describe()
         return out
 
@@ -134,7 +145,7 @@ def assess(migrations: Iterable[Migration], sizes: Mapping[str, TableSize]) -> t
                 for s in statements
             ]
             continue
-        held: dict[str, set[str]] = {}  # in a transaction, locks last until the end of the file
+        held: dict[str, dict[str, int]] = {}  # table -> mode -> line that took it; in a transaction locks last to the end
         for stmt, t in zip(statements, trace.statements, strict=True):
             if not m.transactional:
                 held = {}
@@ -143,11 +154,15 @@ def assess(migrations: Iterable[Migration], sizes: Mapping[str, TableSize]) -> t
                 if lk.kind in _TABLE_KINDS:
                     own.setdefault(lk.relation, set()).add(lk.mode)
             for name, modes in own.items():
-                held.setdefault(name, set()).update(modes)
+                for mode in modes:
+                    held.setdefault(name, {}).setdefault(mode, stmt.line)
             touched = set(own) | set(t.rewrites) | set(t.scans)
             if not touched:
                 touched = set(_mentioned(stmt.text)) & set(held)
-            out.append(_impact(m, stmt.line, stmt.text, t.measured, touched, held, t.rewrites, t.scans, trace.created(), sizes, stmt.kind))
+            imp = _impact(m, stmt.line, stmt.text, t.measured, touched, held, t.rewrites, t.scans, trace.created(), sizes, stmt.kind)
+            if imp.table is not None and imp.mode is not None:
+                imp = replace(imp, own_mode=strongest(own.get(imp.table, ())), held_since=held[imp.table][imp.mode])
+            out.append(imp)
     return tuple(out)
 
 
@@ -157,7 +172,7 @@ def _impact(
     text: str,
     measured: bool,
     touched: set[str],
-    held: dict[str, set[str]],
+    held: dict[str, dict[str, int]],
     rewrites: tuple[str, ...],
     scans: tuple[str, ...],
     created: set[str],

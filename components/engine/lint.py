@@ -111,6 +111,7 @@ ALIASES = {
     "drop-column": "ban-drop-column",
 }
 _DML = frozenset({"UpdateStmt", "DeleteStmt", "InsertStmt", "SelectStmt"})
+_WRITE_BLOCKING = frozenset({"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"})
 _SERIAL = frozenset({"serial", "bigserial", "smallserial", "serial2", "serial4", "serial8"})
 
 
@@ -146,8 +147,11 @@ def lint(migration: Migration) -> list[Finding]:
     has_ddl = any(s.kind not in _DML for s in statements)
     findings: list[Finding] = []
     added_values: list[tuple[str, int]] = []
+    held: set[str] = set()  # tables an earlier statement of the transaction locked against writes: held to its end
     for stmt, st in zip(statements, traces, strict=True):
-        found = _statement_rules(stmt, st, migration.transactional, has_ddl, created, added_values)
+        if not migration.transactional:
+            held = set()
+        found = _statement_rules(stmt, st, migration.transactional, has_ddl, created, added_values, held)
         for rule, table in found:
             if table is not None and table in created:
                 continue
@@ -164,7 +168,13 @@ def lint(migration: Migration) -> list[Finding]:
 
 
 def _statement_rules(
-    stmt: Statement, st: StatementTrace | None, transactional: bool, has_ddl: bool, created: set[str], added_values: list[tuple[str, int]]
+    stmt: Statement,
+    st: StatementTrace | None,
+    transactional: bool,
+    has_ddl: bool,
+    created: set[str],
+    added_values: list[tuple[str, int]],
+    held: set[str],
 ) -> list[tuple[str, str | None]]:
     from pglast import ast, enums, parse_sql
 
@@ -176,6 +186,8 @@ def _statement_rules(
     out: list[tuple[str, str | None]] = []
     rewrites = set(st.rewrites) if st else set()
     scans = set(st.scans) if st else set()
+    own_blocking = {lk.relation for lk in st.locks if lk.mode in _WRITE_BLOCKING} if st else set()
+    earlier = set(held)
 
     if isinstance(node, ast.CreateStmt) and node.relation is not None:
         created.add(str(node.relation.relname))
@@ -194,14 +206,16 @@ def _statement_rules(
     elif isinstance(node, ast.AlterTableStmt) and node.relation is not None:
         table = str(node.relation.relname)
         for cmd in node.cmds or ():
-            out += [(rule, table) for rule in _alter_rules(cmd, table, rewrites, scans, st is not None)]
+            out += [(rule, table) for rule in _alter_rules(cmd, table, rewrites, scans, st is not None, table in earlier)]
+        if st is None:
+            own_blocking.add(table)  # without a trace, assume the ALTER's usual ACCESS EXCLUSIVE
     elif isinstance(node, ast.RenameStmt) and node.relation is not None:
         if node.renameType == enums.ObjectType.OBJECT_COLUMN:
             out.append(("renaming-column", str(node.relation.relname)))
         elif node.renameType == enums.ObjectType.OBJECT_TABLE:
             out.append(("renaming-table", str(node.relation.relname)))
     elif isinstance(node, ast.AlterDomainStmt) and node.subtype == "C":
-        out.append(("ban-alter-domain-with-add-constraint", None))
+        out += [("ban-alter-domain-with-add-constraint", t) for t in sorted(scans)] or [("ban-alter-domain-with-add-constraint", None)]
     elif isinstance(node, ast.CreateDomainStmt) and any(c.contype == enums.ConstrType.CONSTR_CHECK for c in node.constraints or ()):
         out.append(("ban-create-domain-with-constraint", None))
     elif isinstance(node, ast.AlterEnumStmt) and node.newVal is not None and not node.oldVal:
@@ -223,13 +237,17 @@ def _statement_rules(
             out.append(("update-in-ddl-transaction", table))
 
     if st is not None and stmt.kind not in _DML:
+        # Measured work no rule above names, under a lock that stops writes (VALIDATE's SHARE UPDATE EXCLUSIVE does not).
         explained = {t for _, t in out}
-        out += [("table-rewrite", t) for t in sorted(rewrites - explained)]
-        out += [("table-scan", t) for t in sorted(scans - rewrites - explained) if stmt.kind != "IndexStmt"]
+        blocking = own_blocking | earlier
+        out += [("table-rewrite", t) for t in sorted((rewrites - explained) & blocking)]
+        out += [("table-scan", t) for t in sorted((scans - rewrites - explained) & blocking) if stmt.kind != "IndexStmt"]
+    if transactional:
+        held |= own_blocking
     return out
 
 
-def _alter_rules(cmd: Any, table: str, rewrites: set[str], scans: set[str], traced: bool) -> list[str]:
+def _alter_rules(cmd: Any, table: str, rewrites: set[str], scans: set[str], traced: bool, locked_earlier: bool) -> list[str]:
     from pglast import ast, enums
 
     if not isinstance(cmd, ast.AlterTableCmd):
@@ -276,6 +294,8 @@ def _alter_rules(cmd: Any, table: str, rewrites: set[str], scans: set[str], trac
             rules.append("adding-not-nullable-field")
     elif sub == at.AT_DropColumn:
         rules.append("ban-drop-column")
+    elif sub == at.AT_ValidateConstraint and locked_earlier:
+        rules.append("constraint-missing-not-valid")  # VALIDATE scans while the ADD's ACCESS EXCLUSIVE is still held
     return rules
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .impact import mode_name, size_text
+from .impact import size_text
 
 if TYPE_CHECKING:
     from .engine import VerifyReport
@@ -31,7 +31,7 @@ class PlanReport:
         if self.plan.current is None:
             return ["nothing applied yet"]
         if self.drift.ok:
-            return [f"none: the live schema matches version {self.drift.version} ({self.drift.fingerprint[:12]})"]
+            return [f"none: the live schema matches version {self.drift.version} ({self.drift.fingerprint[:19]})"]
         return [d.describe() for d in self.drift.differences]
 
     def as_dict(self) -> dict[str, Any]:
@@ -64,7 +64,7 @@ class PlanReport:
                     "|---:|---|---|---|---|---|---|",
                 ]
                 for i in impacts:
-                    lock = f"{mode_name(i.mode)} on `{i.table}`" if i.table and i.mode else "none on an existing table"
+                    lock = i.lock_text("`") if i.table and i.mode else "none on an existing table"
                     work = ", ".join(w for w, on in (("rewrite", i.rewrite), ("scan", i.scan)) if on) or "no"
                     size = size_text(i.size, i.new_table) if i.table else ""
                     sql = i.sql.replace("|", "\\|")

@@ -76,3 +76,14 @@ def test_without_a_trace_the_impact_says_unknown() -> None:
     m = Migration("0008", "x", "0008_x.sql", "SELECT 1;", "sha", None, None, None, {})
     (imp,) = assess([m], {})
     assert imp.duration == "unknown (no trace)" and not imp.measured
+
+
+def test_a_weaker_statement_after_a_strong_one_says_where_the_lock_comes_from() -> None:
+    sql = "ALTER TABLE items ADD COLUMN a int;\nCREATE INDEX idx ON items (a);"
+    first = StatementTrace(1, "AlterTableStmt", (Lock("items", "table", "AccessExclusiveLock"),))
+    index = StatementTrace(
+        2, "IndexStmt", (Lock("items", "table", "ShareLock"), Lock("idx", "index", "AccessExclusiveLock")), scans=("items",)
+    )
+    _, imp = assess([mig(sql, [first, index])], {"items": BIG})
+    assert (imp.mode, imp.own_mode, imp.held_since) == ("AccessExclusiveLock", "ShareLock", 1)
+    assert "ACCESS EXCLUSIVE on items (held since line 1; this statement takes SHARE) (blocks reads, writes)" in imp.describe()

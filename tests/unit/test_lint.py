@@ -130,3 +130,19 @@ def test_the_story_migration_is_clean() -> None:
 def test_an_acknowledged_rule_is_kept_but_marked_under_its_old_name_too(marker: str) -> None:
     findings = lint(mig(f"-- migrate:allow {marker}\nCREATE INDEX idx_t ON wishlist_items (title);"))
     assert [(f.rule, f.acknowledged) for f in findings] == [("require-concurrent-index-creation", True)]
+
+
+def test_a_scan_under_a_lock_that_blocks_nothing_is_not_flagged() -> None:
+    """VALIDATE CONSTRAINT reads every row under SHARE UPDATE EXCLUSIVE: reads and writes go on."""
+    sql = "ALTER TABLE items VALIDATE CONSTRAINT c;"
+    st = StatementTrace(1, "AlterTableStmt", (Lock("items", "table", "ShareUpdateExclusiveLock"),), scans=("items",))
+    assert lint(mig(sql, trace=[st])) == []
+
+
+def test_validate_in_the_same_transaction_as_the_add_scans_under_the_adds_lock() -> None:
+    sql = "ALTER TABLE items ADD CONSTRAINT c CHECK (n > 0) NOT VALID;\nALTER TABLE items VALIDATE CONSTRAINT c;"
+    add = StatementTrace(1, "AlterTableStmt", (Lock("items", "table", "AccessExclusiveLock"),))
+    validate = StatementTrace(2, "AlterTableStmt", (Lock("items", "table", "ShareUpdateExclusiveLock"),), scans=("items",))
+    assert [(f.rule, f.line) for f in lint(mig(sql, trace=[add, validate]))] == [("constraint-missing-not-valid", 2)]
+    assert [(f.rule, f.line) for f in lint(mig(sql))] == [("constraint-missing-not-valid", 2)]
+    assert lint(mig("-- migrate:no-transaction\n" + sql, trace=[add, validate])) == []
