@@ -98,11 +98,12 @@ class StatementImpact:
         )
 
     def lock_text(self, quote: str = "") -> str:
-        """'ACCESS EXCLUSIVE on t', and where it comes from when an earlier statement of the transaction took it."""
+        """'ACCESS EXCLUSIVE on t', and the line that took it when an earlier statement of the transaction did.
+
+        pg_locks shows only locks a statement adds, so what it would take alone is not known once a stronger one is held."""
         text = f"{mode_name(self.mode or '')} on {quote}{self.table}{quote}"
-        if self.held_since is not None and self.held_since != self.line and self.own_mode != self.mode:
-            own = f"this statement takes {mode_name(self.own_mode)}" if self.own_mode else "no new lock"
-            text += f" (held since line {self.held_since}; {own})"
+        if self.held_since is not None and self.held_since != self.line:
+            text += f" (held since line {self.held_since})"
         return text
 
     def as_dict(self) -> dict[str, Any]:
