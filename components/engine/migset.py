@@ -147,7 +147,9 @@ class MigrationSet:
         return snap
 
     def manifest(self) -> list[dict[str, Any]]:
-        """What the Pulumi resource takes as input: every version with its checksums and SQL."""
+        """What the Pulumi resource takes as input: every version with its checksums (which bind the SQL).
+
+        No SQL: `pulumi preview --diff` would print every applied version's; the provider logs the pending SQL instead."""
         return [
             {
                 "version": m.version,
@@ -155,7 +157,6 @@ class MigrationSet:
                 "checksum": m.checksum,
                 "down_checksum": m.down_checksum,
                 "transactional": m.transactional,
-                "sql": m.up_sql.splitlines(),  # one line per element: the CLI shows every line in a diff
             }
             for m in self.migrations
         ]
