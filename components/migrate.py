@@ -106,8 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--strict-lint", action="store_true", help="refuse unacknowledged lint findings in FILES (what prod does)")
     verb("snapshot", _snapshot, f"apply the set to a throwaway database and write meta/ (the role needs CREATEDB). {NO_DSN}", conn)
     verb("status", _status, "what is applied, by whom, and what is pending or interrupted", conn, run)
-    sp = verb("plan", _plan, "what apply (or rollback) would run, with lint findings; no writes", conn, run)
+    sp = verb("plan", _plan, "what apply (or rollback) would run, with its measured locks, live sizes and lint; no writes", conn, run)
     sp.add_argument("--to", dest="target", default=None, help="target version (default: latest; 0 = before the first)")
+    sp.add_argument(
+        "--format",
+        choices=("text", "markdown", "json"),
+        default="text",
+        help="markdown: for a pull request comment (SQL, lock trace with live sizes, lint, drift, promotion gate); "
+        "json: the same content for machines (--json is --format json)",
+    )
     for name, help_ in (("verify", "compare the live schema with the snapshot of the applied version"), ("drift", "same as verify")):
         verb(name, _verify, help_, conn, run)
     sp = verb("apply", _apply, "apply pending migrations, each verified; resumes an interrupted one", conn, run)
@@ -199,6 +206,8 @@ def _plan_text(plan: Plan) -> str:
         resume = f", resumes at statement {step.resume_from + 1}" if step.resuming else ""
         lines.append(f"\n-- {step.direction} {step.migration.label}{'' if step.transactional else ' (outside a transaction)'}{resume}")
         lines.append(step.sql.rstrip())
+        if step.direction == "up":
+            lines += [f"-- lock: {i.describe()}" for i in plan.impacts if i.version == step.migration.version]
     return "\n".join(lines)
 
 
@@ -286,6 +295,12 @@ def _check(args: argparse.Namespace) -> int:
     mset = migset.load(set_dir)  # parses every file: a syntax error or transaction control is refused here
     refuse_unreviewed(migset.scan(set_dir))
     findings = _lint_files(mset, args.files, strict=args.strict_lint)
+    stale_traces = migset.stale_traces(mset)
+    if stale_traces:
+        raise SetError(
+            "the lock trace in meta/ does not describe the files: " + "; ".join(stale_traces) + ".",
+            migset.SNAPSHOT_HINT.format(set_dir=set_dir),
+        )
     if not args.offline:
         from .engine.snapshot import replay
 
@@ -347,9 +362,33 @@ def _status(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     engine = _engine(args)
-    plan = engine.plan(parse_target(engine.mset, args.target))
-    _emit(args, plan.as_dict(), _plan_text(plan))
+    target = parse_target(engine.mset, args.target)
+    fmt = "json" if args.json else args.format
+    if fmt == "text":
+        print(_plan_text(engine.plan(target)))
+        return EXIT_OK
+    from .engine.report import PlanReport
+
+    plan, drift = engine.observe(target)
+    gate, note = _plan_gate(args)
+    report = PlanReport(engine.mset.name, plan, drift, gate, note)
+    print(json.dumps(report.as_dict(), indent=2, default=str) if fmt == "json" else report.markdown())
     return EXIT_OK
+
+
+def _plan_gate(args: argparse.Namespace) -> tuple[Gate | None, str | None]:
+    """The promotion gate of --stack for the plan; when its outputs cannot be read, the plan says so instead of failing."""
+    if args.stack is None:
+        return None, None
+    from .config import stack_file_settings
+
+    required = stack_file_settings(args.project_dir, args.stack).migrations.require_applied_in
+    if not required:
+        return None, f"no promotion gate for stack {args.stack}"
+    try:
+        return _gate(args.project_dir, required), None
+    except PromotionBlocked as exc:
+        return None, f"not checked: {exc.problem}"
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -184,6 +184,12 @@ class SchemaMigrationProvider(ResourceProvider):
             target = int(news.get("target_version") or 0)
             wanted = [m for m in news.get("migrations") or [] if int(m["version"]) <= target]
             _log(gate.describe(*gate.split_items((m["version"], f"{m['version']}_{m['name']}", m["checksum"]) for m in wanted)))
+        if not _olds and not failures and not _has_unknowns({"migrations": news.get("migrations")}):
+            # A create is never diffed: show here the SQL it will run (the inputs carry checksums, not SQL).
+            target = int(news.get("target_version") or 0)
+            _log_pending_sql(
+                SchemaMigrationArgs.from_props(news), [m["version"] for m in news.get("migrations") or [] if int(m["version"]) <= target]
+            )
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -194,7 +200,7 @@ class SchemaMigrationProvider(ResourceProvider):
             raise _fail(
                 ChecksumMismatch(f"{tampered} was edited after it was applied.", "revert the file and add a new migration instead.")
             )
-        inputs_changed = any(olds.get(k) != news.get(k) for k in input_keys())
+        inputs_changed = any(_comparable(k, olds.get(k)) != _comparable(k, news.get(k)) for k in input_keys())
         args = SchemaMigrationArgs.from_props(news)
         try:
             engine = self.engine(args, news)
@@ -206,6 +212,7 @@ class SchemaMigrationProvider(ResourceProvider):
             target = int(args.target_version or 0)
             applied = {r["version"] for r in olds.get("applied") or []}
             pending = [m["version"] for m in news.get("migrations") or [] if m["version"] not in applied and int(m["version"]) <= target]
+            _log_pending_sql(args, pending)
             return DiffResult(changes=inputs_changed or bool(pending))
         except MigrationError as exc:
             raise _fail(exc) from None
@@ -221,6 +228,11 @@ class SchemaMigrationProvider(ResourceProvider):
                     for s in plan.steps
                 )
             )
+        for step in plan.steps:
+            if step.direction == "up":
+                _log_sql(step.migration.label, step.sql)
+        for impact in plan.impacts:
+            _log(f"trace: {impact.describe()}")
         drift = list(report.differences) if plan.current is not None else []
         for d in drift:
             _log(f"drift: {d.describe()}")
@@ -279,6 +291,30 @@ class SchemaMigrationProvider(ResourceProvider):
             raise _fail(exc) from None
         outs = _outputs(props, RunResult(plan.current, [], report.fingerprint, plan.ledger), [d.describe() for d in report.differences])
         return ReadResult(id_=id_, outs=outs, inputs={k: props.get(k) for k in input_keys()})
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """An input as diff compares it: states written before the manifest lost its SQL lines carry them; they are no change."""
+    if key == "migrations" and isinstance(value, list):
+        return [{k: v for k, v in m.items() if k != "sql"} if isinstance(m, dict) else m for m in value]
+    return value
+
+
+def _log_sql(label: str, text: str) -> None:
+    """One message per version (the CLI spaces messages apart): its SQL, each line behind a bar."""
+    _log(f"pending SQL of {label}:\n" + "\n".join(f"  | {line}" for line in text.rstrip().splitlines()))
+
+
+def _log_pending_sql(args: SchemaMigrationArgs, versions: list[str]) -> None:
+    """Without a database, the SQL of the versions the state does not list as applied, read from the set on disk."""
+    try:
+        mset = migset.load(Path(args.set_dir))
+    except MigrationError as exc:
+        _log(f"the pending SQL cannot be shown: {exc.problem}")
+        return
+    for m in mset.migrations:
+        if m.version in versions:
+            _log_sql(m.label, m.up_sql)
 
 
 def load_set(args: SchemaMigrationArgs, props: dict[str, Any]) -> migset.MigrationSet:

@@ -22,6 +22,7 @@ from .errors import (
     WrongDatabase,
 )
 from .guards import advisory_key, migration_lock, preflight
+from .impact import StatementImpact, TableSize, assess, touched_tables
 from .ledger import LEDGER_FORMAT, Ledger, LedgerState
 from .lint import Finding, lint
 from .migset import MigrationSet
@@ -145,17 +146,17 @@ class Engine:
         with self.connect() as conn:
             state = self.read_state(conn)
             steps = plan_steps(self.mset, state, target)
-            findings = self.lint(conn, steps)
-        return Plan(state.current, target, steps, state, findings)
+            findings, impacts = self.assess(conn, steps)
+        return Plan(state.current, target, steps, state, findings, impacts)
 
     def observe(self, target: str | None) -> tuple[Plan, VerifyReport]:
         """Plan and drift together on one connection (what `pulumi preview` and `refresh` need): two round trips."""
         with self.connect() as conn:
             state = self.read_state(conn)
             steps = plan_steps(self.mset, state, target)
-            findings = self.lint(conn, steps)
+            findings, impacts = self.assess(conn, steps)
             live = cat.introspect(conn, self.mset.schema)
-        return Plan(state.current, target, steps, state, findings), self._report(state.current, live)
+        return Plan(state.current, target, steps, state, findings, impacts), self._report(state.current, live)
 
     def verify(self) -> VerifyReport:
         """The live catalog against the snapshot of the latest applied version."""
@@ -166,17 +167,28 @@ class Engine:
 
     def lint(self, conn: psycopg.Connection[Any], steps: tuple[Step, ...]) -> tuple[Finding, ...]:
         """Lint findings of the pending up steps, kept only for tables that hold (or held) rows."""
-        found = [f for s in steps if s.direction == "up" for f in lint(s.migration)]
-        tables = sorted({f.table for f in found if f.table})
+        return self.assess(conn, steps)[0]
+
+    def assess(self, conn: psycopg.Connection[Any], steps: tuple[Step, ...]) -> tuple[tuple[Finding, ...], tuple[StatementImpact, ...]]:
+        """Lint findings and per-statement impact of the pending up steps, from one read of the live table sizes."""
+        ups = [s.migration for s in steps if s.direction == "up"]
+        found = [f for m in ups for f in lint(m)]
+        tables = sorted({f.table for f in found if f.table} | touched_tables(ups))
+        sizes = self.table_sizes(conn, tables)
+        findings = tuple(f for f in found if f.table is None or (f.table in sizes and not sizes[f.table].empty))
+        return findings, assess(ups, sizes)
+
+    def table_sizes(self, conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, TableSize]:
+        """Live size of the named tables of the set's schema that exist (read-only; estimates, no scan)."""
         if not tables:
-            return tuple(found)
+            return {}
         rows = conn.execute(
-            "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s AND c.relname = ANY(%s) AND pg_catalog.pg_relation_size(c.oid) > 0",
+            "SELECT c.relname, c.reltuples::bigint, pg_catalog.pg_total_relation_size(c.oid), pg_catalog.pg_relation_size(c.oid)"
+            " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p', 'm')",
             (self.mset.schema, tables),
         ).fetchall()
-        with_rows = {r[0] for r in rows}
-        return tuple(f for f in found if f.table is None or f.table in with_rows)
+        return {str(r[0]): TableSize(None if r[1] < 0 else int(r[1]), int(r[2]), int(r[3])) for r in rows}
 
     # -- writes
 

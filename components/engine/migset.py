@@ -1,4 +1,4 @@
-"""The migration set on disk: NNNN_name.sql (+ .down.sql), meta/_journal.json and meta/NNNN_snapshot.json."""
+"""The migration set on disk: NNNN_name.sql (+ .down.sql), meta/_journal.json, meta/NNNN_snapshot.json and NNNN_trace.json."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 from .catalog import Catalog, fingerprint
 from .errors import ChecksumMismatch, SetError, TransactionControl, UnknownVersion
 from .sqltext import Statement, header_markers, is_transaction_control, split_statements
+from .trace import Trace
 
 JOURNAL_FORMAT = 1
 _UP_FILE = re.compile(r"^(?P<version>\d{4,})_(?P<name>[a-z0-9_]+)\.sql$")
@@ -65,6 +66,7 @@ class Migration:
     markers: dict[str, list[str]] = field(default_factory=dict)
     snapshot: Catalog | None = None
     down_markers: dict[str, list[str]] = field(default_factory=dict)
+    trace: Trace | None = None  # what each up statement locked, rewrote and scanned on the snapshot's database
 
     @property
     def label(self) -> str:
@@ -145,7 +147,9 @@ class MigrationSet:
         return snap
 
     def manifest(self) -> list[dict[str, Any]]:
-        """What the Pulumi resource takes as input: every version with its checksums and SQL."""
+        """What the Pulumi resource takes as input: every version with its checksums (which bind the SQL).
+
+        No SQL: `pulumi preview --diff` would print every applied version's; the provider logs the pending SQL instead."""
         return [
             {
                 "version": m.version,
@@ -153,7 +157,6 @@ class MigrationSet:
                 "checksum": m.checksum,
                 "down_checksum": m.down_checksum,
                 "transactional": m.transactional,
-                "sql": m.up_sql.splitlines(),  # one line per element: the CLI shows every line in a diff
             }
             for m in self.migrations
         ]
@@ -260,6 +263,29 @@ def _load_snapshot(path: Path, entry: dict[str, Any], set_dir: Path) -> Catalog:
     return catalog
 
 
+def _load_trace(path: Path, entry: dict[str, Any], set_dir: Path) -> Trace:
+    """A lock trace whose bytes match the journal's sha256 (whether it is stale is `stale_traces`' question)."""
+    recorded = (entry.get("trace") or {}).get("sha256")
+    if recorded is None:
+        raise SetError(
+            f"journal entry {entry['version']} has no trace.sha256: meta/ predates the lock trace.", SNAPSHOT_HINT.format(set_dir=set_dir)
+        )
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SetError(f"lock trace {path} is missing.", SNAPSHOT_HINT.format(set_dir=set_dir)) from None
+    if sha256_hex(data) != recorded:
+        raise ChecksumMismatch(
+            f"{path} was changed after the journal was written (sha256 {sha256_hex(data)[:12]} != journal {str(recorded)[:12]}).",
+            "restore it from git (git checkout), or " + SNAPSHOT_HINT.format(set_dir=set_dir),
+        )
+    try:
+        trace = Trace.from_dict(json.loads(data))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SetError(f"lock trace {path} is malformed ({exc!r}).", SNAPSHOT_HINT.format(set_dir=set_dir)) from None
+    return trace
+
+
 def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationSet:
     """Load and check a set: every file must match the journal, every journal entry must have its file."""
     directory = Path(directory)
@@ -311,6 +337,14 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
         snap_path = meta / f"{version}_snapshot.json"
         if snap_path.exists() or require_snapshots:
             snapshot = _load_snapshot(snap_path, entry, directory)
+        trace: Trace | None = None
+        trace_error: SetError | None = None  # raised after parsing: a file's own error is the one to fix first
+        trace_path = meta / f"{version}_trace.json"
+        if trace_path.exists() or require_snapshots:
+            try:
+                trace = _load_trace(trace_path, entry, directory)
+            except SetError as exc:
+                trace_error = exc
         up_sql = up_bytes.decode()
         migration = Migration(
             version=version,
@@ -324,10 +358,13 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
             markers=header_markers(up_sql),
             snapshot=snapshot,
             down_markers=header_markers(down_sql or ""),
+            trace=trace,
         )
         # Parsed now and kept: a syntax error or transaction control fails check and plan, naming the file, before anything runs.
         migration.statements()
         migration.down_statements()
+        if trace_error is not None:
+            raise trace_error
         migrations.append(migration)
     if files:
         stray = ", ".join(f.up.name for f in files.values())
@@ -342,6 +379,22 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
     return MigrationSet(directory=directory, name=str(set_name), schema=schema, migrations=tuple(migrations))
 
 
+def stale_traces(mset: MigrationSet) -> list[str]:
+    """Why a version's lock trace does not describe its file as it is now (measured on other bytes, or not measured)."""
+    problems = []
+    for m in mset.migrations:
+        t = m.trace
+        if t is None:
+            continue
+        if not t.measured:
+            problems.append(f"{m.version}: its lock trace was never measured")
+        elif t.up_sha256 != m.checksum:
+            problems.append(f"{m.version}: its lock trace was measured on other bytes (sha256 {t.up_sha256[:12]} != {m.checksum[:12]})")
+        elif [(s.line, s.kind) for s in t.statements] != [(s.line, s.kind) for s in m.statements()]:
+            problems.append(f"{m.version}: its lock trace lists other statements than {Path(m.up_file).name}")
+    return problems
+
+
 def set_name_of(directory: Path) -> str:
     """The set's name from its journal (its identity in the ledger); a new set takes its directory's name once."""
     try:
@@ -351,8 +404,10 @@ def set_name_of(directory: Path) -> str:
     return name if isinstance(name, str) and name else directory.name
 
 
-def write_meta(directory: Path, schema: str, snapshots: dict[str, Catalog]) -> Path:
-    """Write the journal and one snapshot per version (used by the `snapshot` command)."""
+def write_meta(directory: Path, schema: str, snapshots: dict[str, Catalog], traces: dict[str, Trace] | None = None) -> Path:
+    """Write the journal, one snapshot and one lock trace per version (used by the `snapshot` command).
+
+    Without `traces` (tests that need no database) each trace is written empty and unmeasured: `check` replays it as stale."""
     meta = directory / "meta"
     set_name = set_name_of(directory)
     meta.mkdir(parents=True, exist_ok=True)
@@ -374,6 +429,11 @@ def write_meta(directory: Path, schema: str, snapshots: dict[str, Catalog]) -> P
         ).encode()
         (meta / f"{f.version}_snapshot.json").write_bytes(snap_bytes)
         entry["snapshot"] = {"file": f"{f.version}_snapshot.json", "sha256": sha256_hex(snap_bytes)}
+        up_sha = entry["up"]["sha256"]
+        trace = (traces or {}).get(f.version) or Trace(f.version, up_sha, (), measured=False)
+        trace_bytes = (json.dumps(trace.as_dict(), indent=2, sort_keys=True) + "\n").encode()
+        (meta / f"{f.version}_trace.json").write_bytes(trace_bytes)
+        entry["trace"] = {"file": f"{f.version}_trace.json", "sha256": sha256_hex(trace_bytes)}
         entries.append(entry)
     journal = {"format": JOURNAL_FORMAT, "set": set_name, "schema": schema, "entries": entries}
     path = meta / "_journal.json"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ChecksumMismatch, IncompleteMigration, OutOfOrder, PromotionBlocked, SetError, UnknownVersion, WrongDatabase
+from .impact import StatementImpact
 from .ledger import LedgerState
 from .lint import Finding
 from .migset import Migration, MigrationSet
@@ -76,6 +77,7 @@ class Plan:
     steps: tuple[Step, ...]
     ledger: LedgerState
     findings: tuple[Finding, ...] = ()
+    impacts: tuple[StatementImpact, ...] = ()  # per pending up statement: measured locks against live sizes
 
     @property
     def pending(self) -> list[str]:
@@ -91,6 +93,7 @@ class Plan:
             "target": self.target,
             "steps": [s.as_dict() for s in self.steps],
             "lint": [{**f.__dict__, "message": f.describe()} for f in self.findings],
+            "trace": [i.as_dict() for i in self.impacts],
         }
 
 

@@ -11,8 +11,9 @@ from psycopg import sql
 from . import catalog as cat
 from .connection import ConnectionSettings
 from .errors import SetError, StatementFailed
-from .migset import NO_TRANSACTION, MigrationSet, file_statements, scan, write_meta
+from .migset import NO_TRANSACTION, MigrationSet, file_statements, scan, sha256_hex, write_meta
 from .sqltext import header_markers
+from .trace import StatementTrace, Trace, trace_in_transaction, trace_outside_transaction
 
 
 def current_schema(directory: Path, default: str = "public") -> str:
@@ -30,17 +31,26 @@ def current_schema(directory: Path, default: str = "public") -> str:
 def generate(settings: ConnectionSettings, directory: Path, schema: str | None = None) -> Path:
     """Apply every file in order to a new database, introspect after each, write meta/. Needs CREATEDB."""
     schema = schema or current_schema(directory)
-    return write_meta(directory, schema, build(settings, directory, schema))
+    snapshots, traces = build(settings, directory, schema)
+    return write_meta(directory, schema, snapshots, traces)
 
 
 def replay(settings: ConnectionSettings, mset: MigrationSet) -> list[str]:
-    """Apply the loaded set to a throwaway database: the versions whose catalog differs from their snapshot."""
-    built = build(settings, mset.directory, mset.schema)
-    return [m.version for m in mset.migrations if m.fingerprint is not None and cat.fingerprint(built[m.version]) != m.fingerprint]
+    """Apply the loaded set to a throwaway database: the versions whose catalog or lock trace differs from meta/."""
+    built, traces = build(settings, mset.directory, mset.schema)
+    return [
+        m.version
+        for m in mset.migrations
+        if (m.fingerprint is not None and cat.fingerprint(built[m.version]) != m.fingerprint)
+        or (m.trace is not None and m.trace != traces[m.version])
+    ]
 
 
-def build(settings: ConnectionSettings, directory: Path, schema: str) -> dict[str, cat.Catalog]:
-    """The catalog after each version, from applying every file in order to a new database. Needs CREATEDB."""
+def build(settings: ConnectionSettings, directory: Path, schema: str) -> tuple[dict[str, cat.Catalog], dict[str, Trace]]:
+    """The catalog after each version and the lock trace of each statement, from applying every file in order to a new
+    database. Needs CREATEDB."""
+    import psycopg
+
     files = scan(directory)
     if not files:
         raise SetError(f"{directory} holds no NNNN_name.sql file.", "add the first migration, then run snapshot again.")
@@ -56,24 +66,31 @@ def build(settings: ConnectionSettings, directory: Path, schema: str) -> dict[st
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
     try:
         snapshots: dict[str, cat.Catalog] = {}
-        with settings.with_database(scratch).connect(autocommit=True, search_path=schema) as conn:
+        traces: dict[str, Trace] = {}
+        scratch_settings = settings.with_database(scratch)
+        with scratch_settings.connect(autocommit=True, search_path=schema) as conn:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             for f, transactional, statements in parsed:
+                measured: list[StatementTrace] = []
                 try:
                     if transactional:
                         with conn.transaction():
-                            for stmt in statements:
-                                conn.execute(stmt.text.encode(), prepare=False)
+                            measured = [trace_in_transaction(conn, schema, stmt) for stmt in statements]
                     else:
                         for stmt in statements:
-                            conn.execute(stmt.text.encode(), prepare=False)
+                            try:  # each statement commits on its own: measured in a block of its own when it allows one
+                                with conn.transaction():
+                                    measured.append(trace_in_transaction(conn, schema, stmt))
+                            except psycopg.errors.ActiveSqlTransaction:
+                                measured.append(trace_outside_transaction(conn, scratch_settings, schema, stmt))
                 except Exception as exc:
                     raise StatementFailed(
                         f"{f.up} does not apply on a fresh database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}.",
                         "fix the SQL and run snapshot again.",
                     ) from None
                 snapshots[f.version] = cat.introspect(conn, schema)
-        return snapshots
+                traces[f.version] = Trace(f.version, sha256_hex(f.up.read_bytes()), tuple(measured))
+        return snapshots, traces
     finally:
         with settings.connect(autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))

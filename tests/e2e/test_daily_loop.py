@@ -62,5 +62,6 @@ def test_the_readme_loop_new_edit_snapshot_check_preview(copy: Copy) -> None:
     out, timings["make check"] = copy.sh("make check")  # what the commit hook runs; the README names it
     assert "0007, 0008" in out.stdout
     out, timings[preview] = copy.sh(preview)
-    assert '"0008"' in out.stdout and "CREATE TABLE wishlist_price_alerts (" in out.stdout, out.stdout
+    # The diff shows the new version and its checksum; the provider's messages (stderr under --diff) show its SQL.
+    assert '"0008"' in out.stdout and "  | CREATE TABLE wishlist_price_alerts (" in out.stderr, out.stdout + out.stderr
     print("\n".join(f"{cmd}: {seconds:.2f} s" for cmd, seconds in timings.items()))

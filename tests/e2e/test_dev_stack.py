@@ -81,9 +81,11 @@ def stack(pg_cluster: localpg.Cluster, admin: ConnectionSettings, tmp_path_facto
 
 
 def test_1_preview_lists_the_pending_migration_and_writes_nothing(stack: Stack) -> None:
-    out = stack.run("preview", "--diff").stdout
+    preview = stack.run("preview", "--diff")
+    out = preview.stdout
     assert "pulumi-python:dynamic/db:SchemaMigration" in out and "wishlist-schema" in out
-    assert '"0007"' in out and "CREATE TABLE wishlist_items" in out
+    # The inputs carry version and checksum; the provider prints the SQL it will run (on the CLI's stderr).
+    assert '"0007"' in out and "  | CREATE TABLE wishlist_items (" in preview.stderr
     assert q(stack.db, "SELECT to_regclass('wishlist_items'), to_regnamespace('migration_ledger')") == [(None, None)]
     assert q(stack.db, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'wishlist\\_%%' AND rolname <> 'wishlist_admin'") == [(0,)]
     plugins = subprocess.run(["pulumi", "plugin", "ls"], env=stack.env, text=True, capture_output=True, check=True).stdout
@@ -162,9 +164,11 @@ def _add_migration(stack: Stack, admin: ConnectionSettings) -> None:
 
 def test_4_a_new_migration_shows_in_preview_and_up_applies_it(stack: Stack, admin: ConnectionSettings) -> None:
     _add_migration(stack, admin)
-    out = stack.run("preview", "--diff").stdout
+    preview = stack.run("preview", "--diff")
+    out = preview.stdout
     assert "~ pulumi-python:dynamic/db:SchemaMigration" in out or "update" in out
-    assert "0008" in out and "CREATE TABLE wishlist_price_alerts" in out
+    assert "0008" in out and "  | CREATE TABLE wishlist_price_alerts" in preview.stderr
+    assert "CREATE TABLE wishlist_items" not in out + preview.stderr  # the applied version shows as version and checksum only
     assert q(stack.db, "SELECT to_regclass('wishlist_price_alerts')") == [(None,)]
     stack.run("up", "--yes")
     assert stack.outputs()["schema_version"] == "0008"

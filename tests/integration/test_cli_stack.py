@@ -80,7 +80,7 @@ def test_stack_prod_brings_strict_lint_and_the_promotion_gate(
     (stub / "pulumi").chmod(0o755)
     strict = _cli(fresh_db, set_copy, project, "apply", "--stack", "prod", path=f"{stub}:/usr/bin:/bin")
     # ...and prod's strict lint (from Pulumi.prod.yaml) refuses the plain index on a table with rows.
-    assert strict.returncode == 1 and "index-without-concurrently" in strict.stderr, strict.stderr
+    assert strict.returncode == 1 and "require-concurrent-index-creation" in strict.stderr, strict.stderr
     assert [r[0] for r in ledger_rows(fresh_db)] == ["0007"]
     # Reads need no stack.
     assert _cli(fresh_db, set_copy, project, "status").returncode == 0

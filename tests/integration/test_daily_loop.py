@@ -129,7 +129,7 @@ def test_the_commit_hook_passes_a_new_migration_and_lints_it(clone: Path, dev_en
     (set_dir / "0009_title_idx.sql").write_text("CREATE INDEX idx_title ON wishlist_items (title);\n")
     assert cli("snapshot", env=dev_env, cwd=clone).returncode == 0
     risky = run_hook(clone, dev_env, "migrations/app/0009_title_idx.sql")
-    assert risky.returncode == 1 and "index-without-concurrently" in risky.stderr, risky.stderr
+    assert risky.returncode == 1 and "require-concurrent-index-creation" in risky.stderr, risky.stderr
 
 
 def drizzle_migrate(db: ConnectionSettings, text: str) -> None:

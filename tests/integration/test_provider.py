@@ -167,3 +167,57 @@ def test_a_refused_login_fails_the_preview_instead_of_judging_from_state(fresh_d
         provider.diff("x", {**outs, "host": wrong["host"]}, wrong)
     assert "not-the-password" not in str(err.value)
     assert provider.diff("x", outs, props_for(replace(fresh_db, port=1), set_copy)).changes is not None  # unreachable: falls back
+
+
+def test_preview_logs_the_measured_lock_and_live_size_of_each_pending_statement(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    provider = SchemaMigrationProvider()
+    created = provider.create(props_for(fresh_db, set_copy))
+    (set_copy / "0008_priority.sql").write_text("ALTER TABLE wishlist_items ALTER COLUMN priority TYPE bigint;\n")
+    generate(admin, set_copy)
+    capsys.readouterr()
+    assert provider.diff(created.id, created.outs, props_for(fresh_db, set_copy)).changes is True
+    err = capsys.readouterr().err
+    assert "[schema-migration] plan: up 0008_priority" in err
+    assert (
+        "[schema-migration] trace: 0008 line 1: ACCESS EXCLUSIVE on wishlist_items (blocks reads, writes); rewrites; ~0 rows, "
+        in err.replace("rows unknown (never analysed)", "~0 rows")
+    ), err
+
+
+def test_preview_shows_pending_sql_only_and_an_old_state_with_sql_in_its_inputs_is_no_change(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    provider = SchemaMigrationProvider()
+    props = props_for(fresh_db, set_copy)
+    assert [sorted(m) for m in props["migrations"]] == [["checksum", "down_checksum", "name", "transactional", "version"]]
+    created = provider.create(props)
+    # A state written before this change carries every version's SQL in its inputs: reading it is not a change.
+    old_state = {**created.outs, "migrations": [{**m, "sql": ["CREATE TABLE ..."]} for m in created.outs["migrations"]]}
+    assert provider.diff(created.id, old_state, props_for(fresh_db, set_copy)).changes is False
+
+    (set_copy / "0008_theme.sql").write_text("-- theme per item\nALTER TABLE wishlist_items ADD COLUMN theme text;\n")
+    generate(admin, set_copy)
+    capsys.readouterr()
+    assert provider.diff(created.id, old_state, props_for(fresh_db, set_copy)).changes is True
+    err = capsys.readouterr().err
+    assert (
+        "[schema-migration] pending SQL of 0008_theme:\n  | -- theme per item\n  | ALTER TABLE wishlist_items ADD COLUMN theme text;\n"
+        in err
+    ), err
+    assert "CREATE TABLE wishlist_items" not in err  # the applied version's SQL is not repeated
+
+
+def test_the_first_preview_of_a_new_resource_shows_all_its_sql(
+    fresh_db: ConnectionSettings, set_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A create is not diffed: check shows the SQL it will run (every version up to the target)."""
+    provider = SchemaMigrationProvider()
+    props = props_for(fresh_db, set_copy)
+    capsys.readouterr()
+    provider.check({}, props)
+    err = capsys.readouterr().err
+    assert "[schema-migration] pending SQL of 0007_wishlist_items:\n" in err and "\n  | CREATE TABLE wishlist_items (\n" in err
+    provider.check(props, props)  # an existing resource: its diff shows the pending SQL
+    assert "CREATE TABLE" not in capsys.readouterr().err
