@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from .catalog import DELETED_ROWS
 from .connection import ConnectionSettings, mask_dsn
 from .errors import LockTimeout, NotWritable, PermissionMissing
 from .options import RunOptions
@@ -149,10 +150,13 @@ def migration_lock(
             conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
 
 
-def set_timeouts(conn: psycopg.Connection[Any], options: RunOptions, *, local: bool) -> None:
-    """DDL lock_timeout and statement_timeout for this transaction (local) or this session."""
-    conn.execute(
+def set_timeouts(conn: psycopg.Connection[Any], options: RunOptions, *, local: bool) -> int | None:
+    """DDL lock_timeout and statement_timeout for this transaction (local) or this session.
+
+    Returns the catalog rows this backend deleted so far (catalog.DELETED_ROWS), read in the same round trip."""
+    row = conn.execute(
         "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s),"
-        " set_config('client_connection_check_interval', '1s', false)",
+        " set_config('client_connection_check_interval', '1s', false), " + DELETED_ROWS,
         (f"{options.lock_timeout_ms}ms", local, f"{options.statement_timeout_ms}ms", local),
-    )
+    ).fetchone()
+    return None if row is None or row[3] is None else int(row[3])
