@@ -35,40 +35,59 @@ procs AS (
   SELECT p.oid FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace = ns.oid AND p.oid NOT IN (SELECT objid FROM ext)
 ),"""
 
-# Every catalog row a definition is printed from, with the object it belongs to. A row written by a transaction
-# at or after the horizon has age(xmin) <= age(horizon); frozen rows have the largest age.
-_TOUCHED = """
-  SELECT 'pg_catalog.pg_class'::regclass::oid, c.oid FROM pg_catalog.pg_class c, hz WHERE pg_catalog.age(c.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_class'::regclass::oid, a.attrelid FROM pg_catalog.pg_attribute a, hz
-    WHERE pg_catalog.age(a.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_class'::regclass::oid, d.adrelid FROM pg_catalog.pg_attrdef d, hz WHERE pg_catalog.age(d.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_attrdef'::regclass::oid, d.oid FROM pg_catalog.pg_attrdef d, hz WHERE pg_catalog.age(d.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_class'::regclass::oid, unnest(ARRAY[x.indexrelid, x.indrelid]) FROM pg_catalog.pg_index x, hz
-    WHERE pg_catalog.age(x.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_constraint'::regclass::oid, k.oid FROM pg_catalog.pg_constraint k, hz
-    WHERE pg_catalog.age(k.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_class'::regclass::oid, k.conrelid FROM pg_catalog.pg_constraint k, hz
-    WHERE pg_catalog.age(k.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_rewrite'::regclass::oid, r.oid FROM pg_catalog.pg_rewrite r, hz WHERE pg_catalog.age(r.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_class'::regclass::oid, r.ev_class FROM pg_catalog.pg_rewrite r, hz
-    WHERE pg_catalog.age(r.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_type'::regclass::oid, t.oid FROM pg_catalog.pg_type t, hz WHERE pg_catalog.age(t.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_type'::regclass::oid, e.enumtypid FROM pg_catalog.pg_enum e, hz WHERE pg_catalog.age(e.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_proc'::regclass::oid, p.oid FROM pg_catalog.pg_proc p, hz WHERE pg_catalog.age(p.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_namespace'::regclass::oid, n.oid FROM pg_catalog.pg_namespace n, hz
-    WHERE pg_catalog.age(n.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_collation'::regclass::oid, o.oid FROM pg_catalog.pg_collation o, hz
-    WHERE pg_catalog.age(o.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_operator'::regclass::oid, o.oid FROM pg_catalog.pg_operator o, hz
-    WHERE pg_catalog.age(o.xmin) <= hz.a
-  UNION SELECT 'pg_catalog.pg_opclass'::regclass::oid, o.oid FROM pg_catalog.pg_opclass o, hz
-    WHERE pg_catalog.age(o.xmin) <= hz.a"""
+# Every catalog a definition is printed from, with what each row says was changed. A row written by a transaction at
+# or after the horizon has age(xmin) <= age(horizon) (frozen rows have the largest age). A catalog this transaction
+# wrote no row of is not scanned: changes by other sessions are caught by the full read that ends every run.
+_WRITTEN_BY: dict[str, list[tuple[str, str]]] = {
+    "pg_class": [("pg_class", "x.oid")],
+    "pg_attribute": [("pg_class", "x.attrelid")],
+    "pg_attrdef": [("pg_class", "x.adrelid"), ("pg_attrdef", "x.oid")],
+    "pg_index": [("pg_class", "x.indexrelid"), ("pg_class", "x.indrelid")],
+    "pg_constraint": [("pg_constraint", "x.oid"), ("pg_class", "x.conrelid")],
+    "pg_rewrite": [("pg_rewrite", "x.oid"), ("pg_class", "x.ev_class")],
+    "pg_type": [("pg_type", "x.oid")],
+    "pg_enum": [("pg_type", "x.enumtypid")],
+    "pg_proc": [("pg_proc", "x.oid")],
+    "pg_namespace": [("pg_namespace", "x.oid")],
+    "pg_collation": [("pg_collation", "x.oid")],
+    "pg_operator": [("pg_operator", "x.oid")],
+    "pg_opclass": [("pg_opclass", "x.oid")],
+}
+# Catalogs whose deleted rows mean a dropped object (which leaves no row to read).
+_DROPS = ("pg_class", "pg_constraint", "pg_type", "pg_proc")
+
+
+def _writes(table: str) -> str:
+    t = f"'pg_catalog.{table}'::regclass"
+    return (
+        f"pg_catalog.pg_stat_get_xact_tuples_inserted({t}) + pg_catalog.pg_stat_get_xact_tuples_updated({t})"
+        f" + pg_catalog.pg_stat_get_xact_tuples_deleted({t})"
+    )
+
+
+# Rows this backend wrote in each catalog and has not reported yet (stats are reported only between transactions):
+# read at the start of a transaction and again at its verification, the difference is what the transaction did.
+XACT_WRITES = (
+    "CASE WHEN current_setting('track_counts') = 'on' THEN json_build_object("
+    + ", ".join(f"'{t}', {_writes(t)}" for t in _WRITTEN_BY)
+    + ", "
+    + ", ".join(f"'del:{t}', pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.{t}'::regclass)" for t in _DROPS)
+    + ") END"
+)
+
+_TOUCHED = "\n  UNION ".join(
+    f"SELECT 'pg_catalog.{cls}'::regclass::oid, {expr} FROM pg_catalog.{table} x, hz"
+    f" WHERE (SELECT {_writes(table)}) <> (%(writes)s::json->>'{table}')::bigint AND pg_catalog.age(x.xmin) <= hz.a"
+    for table, pairs in _WRITTEN_BY.items()
+    for cls, expr in pairs
+)
 
 _SCOPED_HEAD = f"""
 WITH RECURSIVE ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s),
 {_EXT},
 hz AS (SELECT pg_catalog.age(%(since)s::text::xid) AS a),
-touched(classid, objid) AS ({_TOUCHED}
+touched(classid, objid) AS (
+  {_TOUCHED}
 ),
 -- whatever depends on a changed object may print differently (a renamed column in an index definition)
 closure(classid, objid) AS (
@@ -97,11 +116,13 @@ rels AS (
 types AS (
   SELECT t.oid, t.typname FROM pg_catalog.pg_type t, ns
   WHERE t.typnamespace = ns.oid AND t.typtype = 'e' AND t.oid NOT IN (SELECT objid FROM ext)
-    AND (t.oid IN (SELECT objid FROM closure WHERE classid = 'pg_catalog.pg_type'::regclass) OR t.typname = ANY(%(names)s::text[]))
+    AND t.oid IN (SELECT objid FROM closure WHERE classid = 'pg_catalog.pg_type'::regclass
+                  UNION SELECT n.oid FROM pg_catalog.pg_type n, ns WHERE n.typname = ANY(%(names)s::text[]) AND n.typnamespace = ns.oid)
 ),
 procs AS (
   SELECT p.oid FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace = ns.oid AND p.oid NOT IN (SELECT objid FROM ext)
-    AND (p.oid IN (SELECT objid FROM closure WHERE classid = 'pg_catalog.pg_proc'::regclass) OR p.proname = ANY(%(names)s::text[]))
+    AND p.oid IN (SELECT objid FROM closure WHERE classid = 'pg_catalog.pg_proc'::regclass
+                  UNION SELECT n.oid FROM pg_catalog.pg_proc n, ns WHERE n.proname = ANY(%(names)s::text[]) AND n.pronamespace = ns.oid)
 ),"""
 
 _BODY = """
@@ -159,12 +180,6 @@ _OWNERS = """,
                UNION ALL SELECT 't:' || oid, typname FROM types
                UNION ALL SELECT 'p:' || p.oid, p.proname FROM pg_catalog.pg_proc p JOIN procs USING (oid)) o(k, v))"""
 
-# Catalog rows this backend deleted and has not reported yet: read at the start of a transaction and again at its
-# verification, the difference is what the transaction deleted (stats are reported only between transactions).
-DELETED_ROWS = """CASE WHEN current_setting('track_counts') = 'on' THEN
-  (SELECT sum(pg_catalog.pg_stat_get_xact_tuples_deleted(r))::bigint FROM unnest(ARRAY['pg_catalog.pg_class'::regclass,
-   'pg_catalog.pg_constraint'::regclass, 'pg_catalog.pg_type'::regclass, 'pg_catalog.pg_proc'::regclass]) r) END"""
-
 # What the scoped read needs besides the entries: the objects whose own row was written since the horizon (by OID,
 # wherever they are now), and the catalog rows this transaction deleted (a dropped object leaves no row to read).
 _SCOPED_EXTRA = (
@@ -177,8 +192,8 @@ _SCOPED_EXTRA = (
                  WHERE t.oid IN (SELECT objid FROM touched WHERE classid = 'pg_catalog.pg_type'::regclass) AND t.typtype = 'e'
                UNION ALL SELECT 'p:' || p.oid, p.proname, p.pronamespace = ns.oid FROM pg_catalog.pg_proc p, ns
                  WHERE p.oid IN (SELECT objid FROM touched WHERE classid = 'pg_catalog.pg_proc'::regclass)) o(k, v, here)),
-  'deleted', """
-    + DELETED_ROWS
+  'writes', """
+    + XACT_WRITES
 )
 
 _INTROSPECT = _FULL_HEAD + _BODY.format(extra="")
@@ -245,24 +260,34 @@ def introspect_verifiable(conn: psycopg.Connection[Any], schema: str) -> tuple[C
     return live, Verified(live, row[0]["horizon"], row[0]["session"], row[0]["owners"])
 
 
-def still_matches(conn: psycopg.Connection[Any], schema: str, prev: Verified, after: Catalog, deleted: int | None) -> Verified | None:
-    """Prove, reading only what changed since `prev` in this transaction, that the live catalog is `after`; `deleted` is
-    DELETED_ROWS read at the start of this transaction.
+def still_matches(
+    conn: psycopg.Connection[Any], schema: str, prev: Verified, after: Catalog, writes: dict[str, int] | None
+) -> Verified | None:
+    """Prove, reading only what this transaction changed since `prev`, that the live catalog is `after`; `writes` is
+    XACT_WRITES read at the start of this transaction (None: not counted, prove nothing).
 
     None when it cannot (then read everything). It holds because: an object none of whose catalog rows, nor those of
     anything it depends on, was written since the horizon prints as it did then: it is in `prev.catalog`, and, outside
     the snapshot delta, in `after`. The scoped read covers the written objects and every object the delta names. An
     entry can vanish unseen only if its object was dropped (a deleted catalog row: refused), renamed or moved (its
     owner's OID under another name: refused), or left out as an extension member or printed under other settings (the
-    session digest). Changes by other sessions that leave no row (a drop) are caught by the full read of the last step.
+    session digest: refused). Changes by other sessions are not looked for: the full read of a run's last step is.
     """
     before = prev.catalog
     delta = [k for k in before.keys() | after.keys() if before.get(k) != after.get(k)]
-    params = {"schema": schema, "since": str(int(prev.xmin) % 2**32), "names": sorted(_names(delta, before, after))}
-    row = conn.execute(_SCOPED, params).fetchone()
+    if writes is None:
+        return None
+    params = {
+        "schema": schema,
+        "since": str(int(prev.xmin) % 2**32),
+        "names": sorted(_names(delta, before, after)),
+        "writes": json.dumps(writes),
+    }
+    row = conn.execute(_SCOPED, params, prepare=True).fetchone()
     assert row is not None
     raw = row[0]
-    if raw["session"] != prev.session or deleted is None or raw["deleted"] != deleted:
+    ended = raw["writes"] or {}
+    if raw["session"] != prev.session or any(ended.get(f"del:{t}") != writes.get(f"del:{t}") for t in _DROPS):
         return None
     for key, name, here in raw["owners"]:
         if key in prev.owners and (prev.owners[key] != name or not here):

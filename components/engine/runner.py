@@ -112,11 +112,11 @@ class StepRunner:
         for attempt in range(self.options.ddl_retries + 1):
             try:
                 with self.conn.transaction():
-                    deleted = set_timeouts(self.conn, self.options, local=True)
+                    writes = set_timeouts(self.conn, self.options, local=True)
                     self._execute(statements, 0, label)
                     proven = None
                     if self.verified is not None and not full:
-                        proven = cat.still_matches(self.conn, self.schema, self.verified, expected, deleted)
+                        proven = cat.still_matches(self.conn, self.schema, self.verified, expected, writes)
                     if proven is not None:
                         fingerprint = expected_fingerprint  # the live catalog is `expected`
                     else:
