@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from components.engine import catalog as cat
-from components.engine import migset
+from components.engine import migset, runner
 from components.engine.connection import ConnectionSettings
 from components.engine.engine import Engine
 from components.engine.errors import VerifyFailed
@@ -26,6 +26,12 @@ BASE = {
     "0009": "CREATE TABLE b (id int PRIMARY KEY, note text);\n",
     "0010": "CREATE TABLE d (id int PRIMARY KEY);\n",
 }
+
+
+@pytest.fixture(autouse=True)
+def _scoped_even_for_a_small_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wishlist schema is below runner.SCOPED_FROM: make every middle step use the scoped read."""
+    monkeypatch.setattr(runner, "SCOPED_FROM", 0)
 
 
 def _set(set_copy: Path, admin: ConnectionSettings, middle: str | None = None) -> migset.MigrationSet:
