@@ -30,7 +30,7 @@ from components.engine import catalog as cat
 from components.engine import migset
 from components.engine.connection import ConnectionSettings
 from components.engine.engine import Engine
-from components.engine.snapshot import generate
+from components.engine.snapshot import generate, replay
 from devtools import localpg
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,8 +168,9 @@ class Bench:
 
     # 4
     def growth(self, sizes: list[int]) -> None:
-        say("\n## 4. Growth: sets of N small synthetic migrations\n")
+        say("\n## 4. Growth: sets of N small synthetic migrations (a table and an index each)\n")
         say("| what | median (min, max) | ratio to floor | notes |\n|---|---|---|---|")
+        per: dict[int, float] = {}
         for n in sizes:
             set_dir = Path(tempfile.mkdtemp(prefix=f"bench-set-{n}-")) / "app"
             set_dir.mkdir()
@@ -179,7 +180,7 @@ class Bench:
                 )
             t0 = time.perf_counter()
             generate(self.admin, set_dir)
-            snap_ms = (time.perf_counter() - t0) * 1000
+            snap = [(time.perf_counter() - t0) * 1000]
             mset = migset.load(set_dir)
             whole = set_dir.parent / "all.sql"
             whole.write_text("".join(f"BEGIN;\n{(set_dir / f'{i:04d}_t{i}.sql').read_text()}COMMIT;\n" for i in range(1, n + 1)))
@@ -188,13 +189,36 @@ class Bench:
             fresh = lambda: dbs.append(self.new_db())  # noqa: E731
             floor = timed(lambda: self.run_psql(dbs[-1], "-f", str(whole)), reps, fresh)
             apply = timed(lambda: Engine(dbs[-1], mset).apply(), reps, fresh)
+            per[n] = statistics.median(apply) / n
             row(f"N={n}: floor psql -f (one transaction per file)", floor)
-            row(f"N={n}: engine.apply() (lock, verify after each)", apply, floor, f"per migration {statistics.median(apply) / n:.1f} ms")
+            growth = f"; {per[n] / per[sizes[0]]:.2f}x the per-migration cost at N={sizes[0]}" if n != sizes[0] else ""
+            row(f"N={n}: engine.apply() (lock, verify after each)", apply, floor, f"per migration {per[n]:.1f} ms{growth}")
             plan = timed(lambda: Engine(dbs[-1], mset).plan(mset.latest), self.repeat)
+            row(f"N={n}: engine.plan() up to date (set loaded)", plan, None, "")
             load = timed(lambda: migset.load(set_dir), max(1, reps))
-            row(f"N={n}: engine.plan() up to date (set loaded)", plan, None, f"snapshot generation took {snap_ms:.0f} ms")
             row(f"N={n}: migset.load() (files, journal, {n} snapshots)", load)
+            check = timed(lambda: replay(self.admin, migset.load(set_dir)), 1 if n > 100 else reps)
+            row(f"N={n}: check (load, replay on a throwaway database)", check, None, "")
+            row(f"N={n}: snapshot generation (apply each file, read the catalog)", snap, None, "run once")
+            if n == sizes[-1]:
+                rss = self.cli_peak_rss(self.new_db(), set_dir)
+                row(f"N={n}: python -m components.migrate apply (process)", [rss[0]], floor, f"peak RSS {rss[1] / 1024:.0f} MiB")
             shutil.rmtree(set_dir.parent, ignore_errors=True)
+
+    def cli_peak_rss(self, db: ConnectionSettings, set_dir: Path) -> tuple[float, int]:
+        """Wall time (ms) and peak RSS (KiB) of one CLI apply, from wait4 on that process alone."""
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "components.migrate", "apply", "--set", str(set_dir), "--quiet", "--dsn", self.dsn(db)],
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"migrate apply exited {proc.returncode}")
+        return (time.perf_counter() - t0) * 1000, usage.ru_maxrss
 
     # 5
     def latency(self, rows: int) -> None:

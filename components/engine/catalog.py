@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from collections.abc import Mapping
@@ -15,13 +16,116 @@ if TYPE_CHECKING:
 Catalog = dict[str, dict[str, Any]]
 
 # One statement, one round trip. Extension members are left out (they belong to the extension).
-_INTROSPECT = """
+# The full read and the scoped read (only what changed since a horizon) share every line below `rels`, `types`
+# and `procs`, so that both produce the same entries for the same object.
+_EXT = "ext AS (SELECT objid FROM pg_catalog.pg_depend WHERE refclassid = 'pg_catalog.pg_extension'::regclass AND deptype = 'e')"
+
+_FULL_HEAD = f"""
 WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s),
-ext AS (SELECT objid FROM pg_catalog.pg_depend WHERE deptype = 'e'),
+{_EXT},
 rels AS (
   SELECT c.oid, c.relname, c.relkind FROM pg_catalog.pg_class c, ns
   WHERE c.relnamespace = ns.oid AND c.oid NOT IN (SELECT objid FROM ext)
 ),
+types AS (
+  SELECT t.oid, t.typname FROM pg_catalog.pg_type t, ns
+  WHERE t.typnamespace = ns.oid AND t.typtype = 'e' AND t.oid NOT IN (SELECT objid FROM ext)
+),
+procs AS (
+  SELECT p.oid FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace = ns.oid AND p.oid NOT IN (SELECT objid FROM ext)
+),"""
+
+# Every catalog a definition is printed from, with what each row says was changed. A row written by a transaction at
+# or after the horizon has age(xmin) <= age(horizon) (frozen rows have the largest age). A catalog this transaction
+# wrote no row of is not scanned: changes by other sessions are caught by the full read that ends every run.
+_WRITTEN_BY: dict[str, list[tuple[str, str]]] = {
+    "pg_class": [("pg_class", "x.oid")],
+    "pg_attribute": [("pg_class", "x.attrelid")],
+    "pg_attrdef": [("pg_class", "x.adrelid"), ("pg_attrdef", "x.oid")],
+    "pg_index": [("pg_class", "x.indexrelid"), ("pg_class", "x.indrelid")],
+    "pg_constraint": [("pg_constraint", "x.oid"), ("pg_class", "x.conrelid")],
+    "pg_rewrite": [("pg_rewrite", "x.oid"), ("pg_class", "x.ev_class")],
+    "pg_type": [("pg_type", "x.oid")],
+    "pg_enum": [("pg_type", "x.enumtypid")],
+    "pg_proc": [("pg_proc", "x.oid")],
+    "pg_namespace": [("pg_namespace", "x.oid")],
+    "pg_collation": [("pg_collation", "x.oid")],
+    "pg_operator": [("pg_operator", "x.oid")],
+    "pg_opclass": [("pg_opclass", "x.oid")],
+}
+# Catalogs whose deleted rows mean a dropped object (which leaves no row to read).
+_DROPS = ("pg_class", "pg_constraint", "pg_type", "pg_proc")
+
+
+def _writes(table: str) -> str:
+    t = f"'pg_catalog.{table}'::regclass"
+    return (
+        f"pg_catalog.pg_stat_get_xact_tuples_inserted({t}) + pg_catalog.pg_stat_get_xact_tuples_updated({t})"
+        f" + pg_catalog.pg_stat_get_xact_tuples_deleted({t})"
+    )
+
+
+# Rows this backend wrote in each catalog and has not reported yet (stats are reported only between transactions):
+# read at the start of a transaction and again at its verification, the difference is what the transaction did.
+XACT_WRITES = (
+    "CASE WHEN current_setting('track_counts') = 'on' THEN json_build_object("
+    + ", ".join(f"'{t}', {_writes(t)}" for t in _WRITTEN_BY)
+    + ", "
+    + ", ".join(f"'del:{t}', pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.{t}'::regclass)" for t in _DROPS)
+    + ") END"
+)
+
+_TOUCHED = "\n  UNION ".join(
+    f"SELECT 'pg_catalog.{cls}'::regclass::oid, {expr} FROM pg_catalog.{table} x, hz"
+    f" WHERE (SELECT {_writes(table)}) <> (%(writes)s::json->>'{table}')::bigint AND pg_catalog.age(x.xmin) <= hz.a"
+    for table, pairs in _WRITTEN_BY.items()
+    for cls, expr in pairs
+)
+
+_SCOPED_HEAD = f"""
+WITH RECURSIVE ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s),
+{_EXT},
+hz AS (SELECT pg_catalog.age(%(since)s::text::xid) AS a),
+touched(classid, objid) AS (
+  {_TOUCHED}
+),
+-- whatever depends on a changed object may print differently (a renamed column in an index definition)
+closure(classid, objid) AS (
+  SELECT classid, objid FROM touched
+  -- OFFSET 0 keeps the lookup per row on pg_depend's index (the estimate of `touched` is far too high for a hash join)
+  UNION SELECT d.classid, d.objid FROM closure c, LATERAL (SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
+    WHERE d.refclassid = c.classid AND d.refobjid = c.objid OFFSET 0) d
+),
+cand AS (
+  SELECT objid AS oid FROM closure WHERE classid = 'pg_catalog.pg_class'::regclass
+  UNION SELECT x.indrelid FROM pg_catalog.pg_index x
+    JOIN closure c ON c.classid = 'pg_catalog.pg_class'::regclass AND c.objid = x.indexrelid
+  UNION SELECT d.adrelid FROM pg_catalog.pg_attrdef d JOIN closure c ON c.classid = 'pg_catalog.pg_attrdef'::regclass AND c.objid = d.oid
+  UNION SELECT k.conrelid FROM pg_catalog.pg_constraint k
+    JOIN closure c ON c.classid = 'pg_catalog.pg_constraint'::regclass AND c.objid = k.oid
+  UNION SELECT r.ev_class FROM pg_catalog.pg_rewrite r JOIN closure c ON c.classid = 'pg_catalog.pg_rewrite'::regclass AND c.objid = r.oid
+  UNION SELECT t.typrelid FROM pg_catalog.pg_type t JOIN closure c ON c.classid = 'pg_catalog.pg_type'::regclass AND c.objid = t.oid
+  UNION SELECT c.oid FROM pg_catalog.pg_class c, ns WHERE c.relnamespace = ns.oid AND c.relname = ANY(%(names)s::text[])
+  UNION SELECT x.indrelid FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class c ON c.oid = x.indexrelid, ns
+    WHERE c.relnamespace = ns.oid AND c.relname = ANY(%(names)s::text[])
+),
+rels AS (
+  SELECT c.oid, c.relname, c.relkind FROM pg_catalog.pg_class c, ns
+  WHERE c.relnamespace = ns.oid AND c.oid IN (SELECT oid FROM cand) AND c.oid NOT IN (SELECT objid FROM ext)
+),
+types AS (
+  SELECT t.oid, t.typname FROM pg_catalog.pg_type t, ns
+  WHERE t.typnamespace = ns.oid AND t.typtype = 'e' AND t.oid NOT IN (SELECT objid FROM ext)
+    AND t.oid IN (SELECT objid FROM closure WHERE classid = 'pg_catalog.pg_type'::regclass
+                  UNION SELECT n.oid FROM pg_catalog.pg_type n, ns WHERE n.typname = ANY(%(names)s::text[]) AND n.typnamespace = ns.oid)
+),
+procs AS (
+  SELECT p.oid FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace = ns.oid AND p.oid NOT IN (SELECT objid FROM ext)
+    AND p.oid IN (SELECT objid FROM closure WHERE classid = 'pg_catalog.pg_proc'::regclass
+                  UNION SELECT n.oid FROM pg_catalog.pg_proc n, ns WHERE n.proname = ANY(%(names)s::text[]) AND n.pronamespace = ns.oid)
+),"""
+
+_BODY = """
 cols AS (
   SELECT r.relname, a.attname,
          row_number() OVER (PARTITION BY r.oid ORDER BY a.attnum) AS position,
@@ -30,7 +134,9 @@ cols AS (
          pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS default_expr,
          a.attidentity::text AS identity, a.attgenerated::text AS generated
   FROM rels r
-  JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+  -- per relation on pg_attribute's index (OFFSET 0): a scoped read holds a few relations, not the whole catalog
+  CROSS JOIN LATERAL (SELECT * FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped OFFSET 0) a
   LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
   WHERE r.relkind IN ('r', 'p', 'v', 'm', 'f')
 )
@@ -43,8 +149,7 @@ SELECT json_build_object(
   'enums', (SELECT coalesce(json_agg(json_build_array(t.typname,
                   (SELECT json_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_catalog.pg_enum e
                    WHERE e.enumtypid = t.oid))), '[]')
-            FROM pg_catalog.pg_type t, ns
-            WHERE t.typnamespace = ns.oid AND t.typtype = 'e' AND t.oid NOT IN (SELECT objid FROM ext)),
+            FROM types t),
   'indexes', (SELECT coalesce(json_agg(json_build_array(i.relname, t.relname,
                   pg_catalog.pg_get_indexdef(x.indexrelid), x.indisvalid)), '[]')
               FROM pg_catalog.pg_index x
@@ -56,21 +161,58 @@ SELECT json_build_object(
   'functions', (SELECT coalesce(json_agg(json_build_array(
                   p.proname || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
                   p.prokind::text, md5(p.prosrc))), '[]')
-                FROM pg_catalog.pg_proc p, ns
-                WHERE p.pronamespace = ns.oid AND p.oid NOT IN (SELECT objid FROM ext))
+                FROM pg_catalog.pg_proc p JOIN procs USING (oid)),
+  -- the oldest transaction this read could not see: every later catalog change has xmin at or after it
+  'horizon', pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot())::text,
+  -- what else decides what the read returns: the settings definitions are printed under, extension membership
+  'session', md5(concat_ws('|', current_setting('search_path'), current_setting('quote_all_identifiers'),
+                 current_setting('extra_float_digits'), current_setting('DateStyle'), current_setting('IntervalStyle'),
+                 current_setting('TimeZone'), current_setting('bytea_output'), current_setting('standard_conforming_strings'),
+                 current_setting('xmloption'), (SELECT string_agg(objid::text, ',' ORDER BY objid) FROM ext))){extra}
 )
 """
+
+# The pre-check's read also lists every relation, enum and function of the schema by OID, so that a later scoped
+# read can tell a renamed or moved object from a new one.
+_OWNERS = """,
+  'owners', (SELECT coalesce(json_object_agg(k, v), '{}') FROM (
+               SELECT 'c:' || oid, relname FROM rels
+               UNION ALL SELECT 't:' || oid, typname FROM types
+               UNION ALL SELECT 'p:' || p.oid, p.proname FROM pg_catalog.pg_proc p JOIN procs USING (oid)) o(k, v))"""
+
+# What the scoped read needs besides the entries: the objects whose own row was written since the horizon (by OID,
+# wherever they are now), and the catalog rows this transaction deleted (a dropped object leaves no row to read).
+_SCOPED_EXTRA = (
+    """,
+  'owners', (SELECT coalesce(json_agg(json_build_array(k, v, here)), '[]') FROM (
+               SELECT 'c:' || c.oid, c.relname, c.relnamespace = ns.oid FROM pg_catalog.pg_class c, ns
+                 WHERE c.oid IN (SELECT objid FROM touched WHERE classid = 'pg_catalog.pg_class'::regclass)
+                   AND c.relnamespace <> 'pg_toast'::regnamespace
+               UNION ALL SELECT 't:' || t.oid, t.typname, t.typnamespace = ns.oid FROM pg_catalog.pg_type t, ns
+                 WHERE t.oid IN (SELECT objid FROM touched WHERE classid = 'pg_catalog.pg_type'::regclass) AND t.typtype = 'e'
+               UNION ALL SELECT 'p:' || p.oid, p.proname, p.pronamespace = ns.oid FROM pg_catalog.pg_proc p, ns
+                 WHERE p.oid IN (SELECT objid FROM touched WHERE classid = 'pg_catalog.pg_proc'::regclass)) o(k, v, here)),
+  'writes', """
+    + XACT_WRITES
+)
+
+_INTROSPECT = _FULL_HEAD + _BODY.format(extra="")
+
+_INTROSPECT_OWNERS = _FULL_HEAD + _BODY.format(extra=_OWNERS)
+_SCOPED = _SCOPED_HEAD + _BODY.format(extra=_SCOPED_EXTRA)
+
+
+_RELATION_KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized_view", "f": "foreign_table", "S": "sequence"}
 
 
 def parse_rows(raw: Mapping[str, Any]) -> Catalog:
     """Turn the introspection query's JSON into the flat catalog."""
     catalog: Catalog = {}
-    kinds = {"r": "table", "p": "table", "v": "view", "m": "materialized_view", "f": "foreign_table", "S": "sequence"}
     for name, relkind, viewdef in raw["relations"]:
         entry: dict[str, Any] = {}
         if viewdef is not None:
             entry["definition"] = viewdef
-        catalog[f"{kinds[relkind]}:{name}"] = entry
+        catalog[f"{_RELATION_KINDS[relkind]}:{name}"] = entry
     for table, column, position, typ, not_null, default, identity, generated in raw["columns"]:
         catalog[f"column:{table}.{column}"] = {
             "position": position,
@@ -96,6 +238,94 @@ def introspect(conn: psycopg.Connection[Any], schema: str) -> Catalog:
     row = conn.execute(_INTROSPECT, {"schema": schema}).fetchone()
     assert row is not None
     return parse_rows(row[0])
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A catalog proven equal to the live schema at a horizon, with what a later read needs to prove the next one from
+    what changed: `xmin`, the oldest transaction the read could not see; `session`, a digest of the settings definitions
+    print under and of extension membership; `owners`, every relation, enum and function of the schema by OID."""
+
+    catalog: Catalog
+    xmin: str
+    session: str
+    owners: dict[str, str]
+
+
+def introspect_verifiable(conn: psycopg.Connection[Any], schema: str) -> tuple[Catalog, Verified]:
+    """Read the catalog of `schema` in one round trip; the second item holds only once it is compared equal to what was expected."""
+    row = conn.execute(_INTROSPECT_OWNERS, {"schema": schema}).fetchone()
+    assert row is not None
+    live = parse_rows(row[0])
+    return live, Verified(live, row[0]["horizon"], row[0]["session"], row[0]["owners"])
+
+
+def still_matches(
+    conn: psycopg.Connection[Any], schema: str, prev: Verified, after: Catalog, writes: dict[str, int] | None
+) -> Verified | None:
+    """Prove, reading only what this transaction changed since `prev`, that the live catalog is `after`; `writes` is
+    XACT_WRITES read at the start of this transaction (None: not counted, prove nothing).
+
+    None when it cannot (then read everything). It holds because: an object none of whose catalog rows, nor those of
+    anything it depends on, was written since the horizon prints as it did then: it is in `prev.catalog`, and, outside
+    the snapshot delta, in `after`. The scoped read covers the written objects and every object the delta names. An
+    entry can vanish unseen only if its object was dropped (a deleted catalog row: refused), renamed or moved (its
+    owner's OID under another name: refused), or left out as an extension member or printed under other settings (the
+    session digest: refused). Changes by other sessions are not looked for: the full read of a run's last step is.
+    """
+    before = prev.catalog
+    delta = [k for k in before.keys() | after.keys() if before.get(k) != after.get(k)]
+    if writes is None:
+        return None
+    params = {
+        "schema": schema,
+        "since": str(int(prev.xmin) % 2**32),
+        "names": sorted(_names(delta, before, after)),
+        "writes": json.dumps(writes),
+    }
+    row = conn.execute(_SCOPED, params, prepare=True).fetchone()
+    assert row is not None
+    raw = row[0]
+    ended = raw["writes"] or {}
+    if raw["session"] != prev.session or any(ended.get(f"del:{t}") != writes.get(f"del:{t}") for t in _DROPS):
+        return None
+    for key, name, here in raw["owners"]:
+        if key in prev.owners and (prev.owners[key] != name or not here):
+            return None
+    live = parse_rows(raw)
+    keys = set(delta) | live.keys()
+    order = list(after)  # sorted: snapshots and reads are
+    for name, _kind, _def in raw["relations"]:
+        keys.update(f"{kind}:{name}" for kind in _RELATION_KINDS.values())
+        keys.update(_prefixed(order, f"column:{name}."), _prefixed(order, f"constraint:{name}."))
+    if any(after.get(k) != live.get(k) for k in keys):
+        return None
+    prev.owners.update((key, name) for key, name, here in raw["owners"] if here)
+    return Verified(after, raw["horizon"], raw["session"], prev.owners)
+
+
+def _prefixed(order: list[str], prefix: str) -> list[str]:
+    start = bisect.bisect_left(order, prefix)
+    end = start
+    while end < len(order) and order[end].startswith(prefix):
+        end += 1
+    return order[start:end]
+
+
+def _names(keys: list[str], *catalogs: Catalog) -> set[str]:
+    """The relation, type and function names that entries `keys` belong to (a superset: names may hold dots)."""
+    out: set[str] = set()
+    for key in keys:
+        kind, _, name = key.partition(":")
+        if kind in ("column", "constraint"):
+            out.update(name[:i] for i, ch in enumerate(name) if ch == ".")
+        elif kind == "function":
+            out.update(name[:i] for i, ch in enumerate(name) if ch == "(")
+        else:
+            out.add(name)
+        if kind == "index":
+            out.update(str(c[key]["table"]) for c in catalogs if key in c and "table" in c[key])
+    return out
 
 
 def fingerprint(catalog: Catalog) -> str:

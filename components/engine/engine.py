@@ -226,7 +226,7 @@ class Engine:
                 self._refuse_direction(steps, state, target, allow_rollback, allow_forward)
                 if steps:
                     self.refuse_unnamed_writer(state)
-                live = cat.introspect(conn, self.mset.schema)
+                live, verified = cat.introspect_verifiable(conn, self.mset.schema)
                 if not state.started and not any(s.direction == "down" for s in steps):
                     # Forward runs start from the verified schema; a rollback (each down step verified) is a way out of drift.
                     self._raise_on_drift(state.current, live)
@@ -241,22 +241,33 @@ class Engine:
                     self.ledger.claim(conn, self.options.stack, state.system_identifier, state.database, owner_id)
                 for f in findings:
                     self.progress(f"lint: {f.describe()}")
-                return self._run(conn, state, steps, target, live)
+                # The schema as read is the snapshot of the current version: the first step can read only what it changes.
+                proven = None if state.started or cat.compare(self.mset.expected_catalog(state.current), live) else verified
+                return self._run(conn, state, steps, target, live, proven)
 
     def _run(
-        self, conn: psycopg.Connection[Any], state: LedgerState, steps: tuple[Step, ...], target: str | None, live: cat.Catalog
+        self,
+        conn: psycopg.Connection[Any],
+        state: LedgerState,
+        steps: tuple[Step, ...],
+        target: str | None,
+        live: cat.Catalog,
+        verified: cat.Verified | None,
     ) -> RunResult:
-        runner = StepRunner(conn, self.settings, self.mset.schema, self.ledger, self.options, state, self.progress)
+        runner = StepRunner(conn, self.settings, self.mset.schema, self.ledger, self.options, state, self.progress, verified=verified)
         applied = set(state.applied)
         result = RunResult(state.current)
-        for step in steps:
+        for i, step in enumerate(steps):
             version = step.migration.version
             if step.direction == "up":
                 applied.add(version)
             else:
                 applied.discard(version)
             after = max(applied, key=int) if applied else None
-            result.ran.append(runner.run(step, after, self.mset.expected_catalog(after)))
+            # The last step reads the whole schema: what another session changed meanwhile is caught before the run ends.
+            expected = self.mset.expected_catalog(after)
+            expected_fp = self.mset.get(after).fingerprint if after is not None else None
+            result.ran.append(runner.run(step, after, expected, expected_fp or cat.fingerprint(expected), full=i == len(steps) - 1))
             result.current = after
         if target is None and not applied and self.options.stack is not None:
             self.ledger.release(conn)

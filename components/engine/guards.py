@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from .catalog import XACT_WRITES
 from .connection import ConnectionSettings, mask_dsn
 from .errors import LockTimeout, NotWritable, PermissionMissing
 from .options import RunOptions
@@ -149,10 +150,16 @@ def migration_lock(
             conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
 
 
-def set_timeouts(conn: psycopg.Connection[Any], options: RunOptions, *, local: bool) -> None:
-    """DDL lock_timeout and statement_timeout for this transaction (local) or this session."""
-    conn.execute(
+def set_timeouts(conn: psycopg.Connection[Any], options: RunOptions, *, local: bool) -> dict[str, int] | None:
+    """DDL lock_timeout and statement_timeout for this transaction (local) or this session; no JIT and one generic plan
+    for prepared statements (the scoped catalog read's estimates are far above jit_above_cost, and compiling or
+    re-planning it costs more than running it).
+
+    Returns the catalog rows this backend wrote so far (catalog.XACT_WRITES), read in the same round trip."""
+    row = conn.execute(
         "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s),"
-        " set_config('client_connection_check_interval', '1s', false)",
-        (f"{options.lock_timeout_ms}ms", local, f"{options.statement_timeout_ms}ms", local),
-    )
+        " set_config('client_connection_check_interval', '1s', false), set_config('jit', 'off', %s),"
+        " set_config('plan_cache_mode', 'force_generic_plan', %s), " + XACT_WRITES,
+        (f"{options.lock_timeout_ms}ms", local, f"{options.statement_timeout_ms}ms", local, local, local),
+    ).fetchone()
+    return None if row is None or row[5] is None else {str(k): int(v) for k, v in row[5].items()}

@@ -88,7 +88,7 @@ class Migration:
         """Lint rules this file explicitly accepts (`-- migrate:allow <rule>`)."""
         return frozenset(v for v in self.markers.get("allow", []) if v)
 
-    @property
+    @cached_property
     def fingerprint(self) -> str | None:
         return None if self.snapshot is None else fingerprint(self.snapshot)
 
@@ -230,7 +230,7 @@ def _check_order(entries: list[Any], journal_path: Path, directory: Path) -> Non
         previous = int(version)
 
 
-def _load_snapshot(path: Path, entry: dict[str, Any], set_dir: Path) -> Catalog:
+def _load_snapshot(path: Path, entry: dict[str, Any], set_dir: Path) -> tuple[Catalog, str]:
     """A snapshot whose bytes match the journal's sha256 and whose stored fingerprint matches its catalog."""
     try:
         data = path.read_bytes()
@@ -255,12 +255,13 @@ def _load_snapshot(path: Path, entry: dict[str, Any], set_dir: Path) -> Catalog:
     if not (isinstance(snap, dict) and isinstance(snap.get("catalog"), dict)):
         raise SetError(f"snapshot {path} is malformed: no 'catalog' object.", SNAPSHOT_HINT.format(set_dir=set_dir))
     catalog: Catalog = snap["catalog"]
-    if snap.get("fingerprint") != fingerprint(catalog):
+    computed = fingerprint(catalog)
+    if snap.get("fingerprint") != computed:
         raise ChecksumMismatch(
-            f"snapshot {path} says fingerprint {str(snap.get('fingerprint'))[:12]} but its catalog hashes to {fingerprint(catalog)[:12]}.",
+            f"snapshot {path} says fingerprint {str(snap.get('fingerprint'))[:12]} but its catalog hashes to {computed[:12]}.",
             "restore it from git, or " + SNAPSHOT_HINT.format(set_dir=set_dir),
         )
-    return catalog
+    return catalog, computed
 
 
 def _load_trace(path: Path, entry: dict[str, Any], set_dir: Path) -> Trace:
@@ -334,9 +335,10 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
                 f"journal lists a down file for {version} but {scanned.up.name[:-4]}.down.sql is missing.", "restore it from git."
             )
         snapshot: Catalog | None = None
+        snap_fingerprint = None
         snap_path = meta / f"{version}_snapshot.json"
         if snap_path.exists() or require_snapshots:
-            snapshot = _load_snapshot(snap_path, entry, directory)
+            snapshot, snap_fingerprint = _load_snapshot(snap_path, entry, directory)
         trace: Trace | None = None
         trace_error: SetError | None = None  # raised after parsing: a file's own error is the one to fix first
         trace_path = meta / f"{version}_trace.json"
@@ -360,6 +362,8 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
             down_markers=header_markers(down_sql or ""),
             trace=trace,
         )
+        if snapshot is not None:  # its stored fingerprint was just checked against its catalog: kept, not hashed again
+            migration.__dict__["fingerprint"] = snap_fingerprint
         # Parsed now and kept: a syntax error or transaction control fails check and plan, naming the file, before anything runs.
         migration.statements()
         migration.down_statements()
