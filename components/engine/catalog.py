@@ -53,6 +53,10 @@ _WRITTEN_BY: dict[str, list[tuple[str, str]]] = {
     "pg_operator": [("pg_operator", "x.oid")],
     "pg_opclass": [("pg_opclass", "x.oid")],
 }
+# Catalogs a step writes as a side effect of what the scoped proof follows (dependencies, statistics, sequences' state,
+# the internal triggers of a foreign key), or that the catalog model does not compare at all, in the whole read either
+# (triggers, sequence options: a known gap of the model, not of the scoped proof).
+_IGNORED = ("pg_depend", "pg_shdepend", "pg_statistic", "pg_statistic_ext_data", "pg_sequence", "pg_init_privs", "pg_trigger")
 # Catalogs whose deleted rows mean a dropped object (which leaves no row to read).
 _DROPS = ("pg_class", "pg_constraint", "pg_type", "pg_proc")
 
@@ -72,6 +76,11 @@ XACT_WRITES = (
     + ", ".join(f"'{t}', {_writes(t)}" for t in _WRITTEN_BY)
     + ", "
     + ", ".join(f"'del:{t}', pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.{t}'::regclass)" for t in _DROPS)
+    # Writes to any other catalog (text search, casts, triggers, comments, ...): the scoped proof cannot follow them,
+    # so any change there sends the step to the whole read.
+    + ", 'other', (SELECT coalesce(sum(" + _writes("x") .replace("'pg_catalog.x'::regclass", "c.oid") + "), 0)"
+    " FROM pg_catalog.pg_class c WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r'"
+    " AND c.relname <> ALL (ARRAY[" + ", ".join(f"'{t}'" for t in (*_WRITTEN_BY, *_IGNORED)) + "]))"
     + ") END"
 )
 
@@ -287,7 +296,11 @@ def still_matches(
     assert row is not None
     raw = row[0]
     ended = raw["writes"] or {}
-    if raw["session"] != prev.session or any(ended.get(f"del:{t}") != writes.get(f"del:{t}") for t in _DROPS):
+    if (
+        raw["session"] != prev.session
+        or any(ended.get(f"del:{t}") != writes.get(f"del:{t}") for t in _DROPS)
+        or ended.get("other") != writes.get("other")
+    ):
         return None
     for key, name, here in raw["owners"]:
         if key in prev.owners and (prev.owners[key] != name or not here):

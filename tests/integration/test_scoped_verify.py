@@ -141,3 +141,30 @@ def test_drift_by_another_session_during_a_run_is_caught_before_it_ends(
     assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008", "0009"]
     report = Engine(fresh_db, migset.load(set_copy)).verify()
     assert [(d.key, d.change) for d in report.differences] == [("index:idx_wishlist_user_store", "missing")]
+
+
+def test_a_change_to_a_catalog_the_scoped_proof_does_not_follow_sends_the_step_to_the_whole_read(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    """Renaming a text search configuration two steps after it was made (found by a breaking review): not committed."""
+    files = {
+        "0008": "CREATE TABLE a (id int PRIMARY KEY, note text);\nCREATE TEXT SEARCH CONFIGURATION cfg (COPY = english);\n"
+        "CREATE INDEX a_fts ON a USING gin (to_tsvector('cfg'::regconfig, note));\n",
+        "0009": "CREATE TABLE b (id int PRIMARY KEY);\n",
+        "0010": "CREATE TABLE d (id int PRIMARY KEY);\n",
+        "0011": "CREATE TABLE g (id int PRIMARY KEY);\n",
+    }
+    for version, text in files.items():
+        (set_copy / f"{version}_step.sql").write_text(text)
+    generate(admin, set_copy)
+    path = set_copy / "0010_step.sql"
+    path.write_text(files["0010"] + "ALTER TEXT SEARCH CONFIGURATION cfg RENAME TO cfg2;\n")
+    journal_path = set_copy / "meta/_journal.json"
+    journal = json.loads(journal_path.read_text())
+    for entry in journal["entries"]:
+        if entry["version"] == "0010":
+            entry["up"]["sha256"] = migset.sha256_hex(path.read_bytes())
+    journal_path.write_text(json.dumps(journal, indent=2, sort_keys=True) + "\n")
+    with pytest.raises(VerifyFailed, match="0010_step"):
+        Engine(fresh_db, migset.load(set_copy)).apply()
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008", "0009"]
