@@ -129,13 +129,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _masked(value: Any) -> Any:
+    """Every string of a payload with passwords masked (statements and literals can hold one)."""
+    if isinstance(value, str):
+        return mask_dsn(value)
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    return value
+
+
 def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
-    print(json.dumps(payload, indent=2, default=str) if args.json else text)
+    print(json.dumps(_masked(payload), indent=2, default=str) if args.json else mask_dsn(text))
 
 
 def _engine(args: argparse.Namespace, *, writes: bool = False) -> Engine:
     """The engine for one command: the stack file's rules when --stack is given, flags on top."""
-    progress = None if (args.quiet or args.json) else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    progress = None if (args.quiet or args.json) else (lambda msg: print(mask_dsn(msg), file=sys.stderr, flush=True))
     base, gate = RunOptions(), None
     if args.stack is not None:
         from .config import stack_file_settings
@@ -365,14 +376,14 @@ def _plan(args: argparse.Namespace) -> int:
     target = parse_target(engine.mset, args.target)
     fmt = "json" if args.json else args.format
     if fmt == "text":
-        print(_plan_text(engine.plan(target)))
+        print(mask_dsn(_plan_text(engine.plan(target))))
         return EXIT_OK
     from .engine.report import PlanReport
 
     plan, drift = engine.observe(target)
     gate, note = _plan_gate(args)
     report = PlanReport(engine.mset.name, plan, drift, gate, note)
-    print(json.dumps(report.as_dict(), indent=2, default=str) if fmt == "json" else report.markdown())
+    print(json.dumps(_masked(report.as_dict()), indent=2, default=str) if fmt == "json" else report.markdown())
     return EXIT_OK
 
 

@@ -18,7 +18,7 @@ import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, Resource, ResourceProvider, UpdateResult
 
 from .engine import migset
-from .engine.connection import ConnectionSettings
+from .engine.connection import ConnectionSettings, mask_dsn
 from .engine.engine import Engine, RunResult
 from .engine.errors import ChecksumMismatch, ConnectFailed, ImportUnsupported, MigrationError
 from .engine.options import RunOptions
@@ -92,8 +92,9 @@ def input_keys() -> tuple[str, ...]:
 
 
 def _log(message: str) -> None:
-    # pulumi.log does not work inside a dynamic provider; the engine passes plugin stderr through.
-    print(f"[schema-migration] {message}", file=sys.stderr, flush=True)
+    # pulumi.log does not work inside a dynamic provider; the engine passes plugin stderr through. Masked: pending SQL,
+    # lint snippets and other sessions' queries may hold a password literal.
+    print(f"[schema-migration] {mask_dsn(message)}", file=sys.stderr, flush=True)
 
 
 def _has_unknowns(props: dict[str, Any]) -> bool:

@@ -78,10 +78,11 @@ XACT_WRITES = (
     + ", ".join(f"'del:{t}', pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.{t}'::regclass)" for t in _DROPS)
     # Writes to any other catalog (text search, casts, triggers, comments, ...): the scoped proof cannot follow them,
     # so any change there sends the step to the whole read.
-    + ", 'other', (SELECT coalesce(sum(" + _writes("x") .replace("'pg_catalog.x'::regclass", "c.oid") + "), 0)"
+    + ", 'other', (SELECT coalesce(sum("
+    + _writes("x").replace("'pg_catalog.x'::regclass", "c.oid")
+    + "), 0)"
     " FROM pg_catalog.pg_class c WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r'"
-    " AND c.relname <> ALL (ARRAY[" + ", ".join(f"'{t}'" for t in (*_WRITTEN_BY, *_IGNORED)) + "]))"
-    + ") END"
+    " AND c.relname <> ALL (ARRAY[" + ", ".join(f"'{t}'" for t in (*_WRITTEN_BY, *_IGNORED)) + "]))" + ") END"
 )
 
 _TOUCHED = "\n  UNION ".join(

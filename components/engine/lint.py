@@ -142,7 +142,9 @@ def lint(migration: Migration) -> list[Finding]:
     traces: list[StatementTrace | None] = (
         list(trace.statements) if trace is not None and len(trace.statements) == len(statements) else [None] * len(statements)
     )
-    created: set[str] = set() if trace is None else trace.created()
+    # Tables made by an EARLIER statement of this migration (measured when the trace exists): a table a statement only
+    # claims to create (IF NOT EXISTS on an existing one), or creates after dropping the old one, keeps its findings.
+    created: set[str] = set()
     ack = acknowledged_rules(migration)
     has_ddl = any(s.kind not in _DML for s in statements)
     findings: list[Finding] = []
@@ -151,11 +153,12 @@ def lint(migration: Migration) -> list[Finding]:
     for stmt, st in zip(statements, traces, strict=True):
         if not migration.transactional:
             held = set()
-        found = _statement_rules(stmt, st, migration.transactional, has_ddl, created, added_values, held)
+        found = _statement_rules(stmt, st, migration.transactional, has_ddl, added_values, held)
         for rule, table in found:
             if table is not None and table in created:
                 continue
             findings.append(Finding(migration.version, rule, table, stmt.line, " ".join(stmt.text.split())[:120], rule in ack))
+        created |= set(st.created) if st is not None else _created_by(stmt)
     if migration.transactional:
         for value, line in added_values:
             literal = "'" + value.replace("'", "''") + "'"
@@ -167,12 +170,28 @@ def lint(migration: Migration) -> list[Finding]:
     return findings
 
 
+_OWN_DML_RULES = frozenset({"UpdateStmt", "DeleteStmt", "InsertStmt"})
+
+
+def _created_by(stmt: Statement) -> set[str]:
+    """Without a trace: the table a CREATE TABLE makes, unless IF NOT EXISTS (it may exist already)."""
+    from pglast import ast, parse_sql
+
+    try:
+        (raw,) = parse_sql(stmt.text)
+    except Exception:
+        return set()
+    node = raw.stmt
+    if isinstance(node, ast.CreateStmt) and node.relation is not None and not node.if_not_exists:
+        return {str(node.relation.relname)}
+    return set()
+
+
 def _statement_rules(
     stmt: Statement,
     st: StatementTrace | None,
     transactional: bool,
     has_ddl: bool,
-    created: set[str],
     added_values: list[tuple[str, int]],
     held: set[str],
 ) -> list[tuple[str, str | None]]:
@@ -189,9 +208,7 @@ def _statement_rules(
     own_blocking = {lk.relation for lk in st.locks if lk.mode in _WRITE_BLOCKING} if st else set()
     earlier = set(held)
 
-    if isinstance(node, ast.CreateStmt) and node.relation is not None:
-        created.add(str(node.relation.relname))
-    elif isinstance(node, ast.IndexStmt) and node.relation is not None:
+    if isinstance(node, ast.IndexStmt) and node.relation is not None:
         table = str(node.relation.relname)
         if node.concurrent and transactional:
             out.append(("ban-concurrent-index-creation-in-transaction", table))
@@ -236,7 +253,8 @@ def _statement_rules(
         if transactional and has_ddl and whole:
             out.append(("update-in-ddl-transaction", table))
 
-    if st is not None and stmt.kind not in _DML:
+    if st is not None and stmt.kind not in _OWN_DML_RULES:
+        # (a SELECT is measured too: a function or a data-modifying CTE can rewrite or scan under a strong lock)
         # Measured work no rule above names, under a lock that stops writes (VALIDATE's SHARE UPDATE EXCLUSIVE does not).
         explained = {t for _, t in out}
         blocking = own_blocking | earlier

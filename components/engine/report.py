@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .connection import mask_dsn
 from .impact import size_text
 
 if TYPE_CHECKING:
@@ -55,7 +57,9 @@ class PlanReport:
             m = step.migration
             txn = "in one transaction" if step.transactional else "outside a transaction, statement by statement"
             resume = f", resumes at statement {step.resume_from + 1}" if step.resuming else ""
-            out += ["", f"### {step.direction} `{m.label}` ({txn}{resume})", "", "```sql", step.sql.rstrip(), "```"]
+            # A fence longer than any backtick run in the SQL: a migration cannot close it and forge the sections below.
+            fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", step.sql)), default=0))
+            out += ["", f"### {step.direction} `{m.label}` ({txn}{resume})", "", f"{fence}sql", step.sql.rstrip(), fence]
             impacts = [i for i in plan.impacts if i.version == m.version] if step.direction == "up" else []
             if impacts:
                 out += [
@@ -67,11 +71,11 @@ class PlanReport:
                     lock = i.lock_text("`") if i.table and i.mode else "none on an existing table"
                     work = ", ".join(w for w, on in (("rewrite", i.rewrite), ("scan", i.scan)) if on) or "no"
                     size = size_text(i.size, i.new_table) if i.table else ""
-                    sql = i.sql.replace("|", "\\|")
+                    sql = i.sql.replace("|", "\\|").replace("`", "'")  # a cell cannot end its own code span
                     partly = "" if i.measured else " (partly seen)"
                     out.append(f"| {i.line} | `{sql}` | {lock}{partly} | {i.blocks} | {work} | {size} | {i.duration} |")
         out += ["", "### Lint", ""]
         out += [f"- {'acknowledged' if f.acknowledged else '**open**'}: {f.describe()}" for f in plan.findings] or ["none"]
         out += ["", "### Drift", "", *(f"- {line}" for line in self.drift_lines())]
         out += ["", "### Promotion gate", "", self.gate_line(), ""]
-        return "\n".join(out)
+        return mask_dsn("\n".join(out))  # a PR comment: no password from a statement or a literal

@@ -93,3 +93,35 @@ def test_widening_a_varchar_is_not_flagged(fresh_db: ConnectionSettings, admin: 
     (set_copy / "0009_widen.sql").write_text("ALTER TABLE wishlist_items ALTER COLUMN code TYPE varchar(50);\n")
     generate(admin, set_copy)
     assert Engine(fresh_db, migset.load(set_copy)).plan("0009").findings == ()
+
+
+@pytest.mark.parametrize(
+    ("sql", "rule"),
+    [
+        # A CREATE that creates nothing (the table exists) does not exempt the table (breaking review, round 3).
+        (
+            "CREATE TABLE IF NOT EXISTS wishlist_items (id int);\nCREATE INDEX idx_title ON wishlist_items (title);\n",
+            "require-concurrent-index-creation",
+        ),
+        # The data of the dropped table is gone, whatever is created under its name afterwards.
+        (
+            "DROP TABLE wishlist_items CASCADE;\nCREATE TABLE wishlist_items (id int);\n",
+            "ban-drop-table",
+        ),
+        # A rewrite hidden in a function called by a SELECT is still measured, and flagged.
+        (
+            "CREATE FUNCTION widen() RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
+            "ALTER TABLE wishlist_items ALTER COLUMN priority TYPE bigint; END $$;\nSELECT widen();\n",
+            "table-rewrite",
+        ),
+    ],
+)
+def test_evasions_found_by_a_breaking_review_are_flagged(
+    fresh_db: ConnectionSettings, admin: ConnectionSettings, set_copy: Path, sql: str, rule: str
+) -> None:
+    _setup(fresh_db, admin, set_copy, sql, rows=True)
+    plan = Engine(fresh_db, migset.load(set_copy)).plan("0008")
+    assert rule in [f.rule for f in plan.findings], plan.findings
+    with pytest.raises(LintRefused):
+        Engine(fresh_db, migset.load(set_copy), RunOptions(strict_lint=True)).apply()
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007"]

@@ -66,3 +66,34 @@ def test_cli_plan_renders_markdown_and_json_for_a_pull_request(
 
     out, err = cli_process(fresh_db, "plan", set_dir=set_copy).communicate(timeout=60)
     assert "-- lock: 0008 line 2: ACCESS EXCLUSIVE on wishlist_items (blocks reads, writes); rewrites; ~5,000 rows" in out, (out, err)
+
+
+def test_the_plan_masks_passwords_and_cannot_be_forged_by_the_sql(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    """Found by a breaking review: a role password in a pending statement, and a literal that closes the SQL fence."""
+    sql_text = (
+        "CREATE TABLE notes (body text DEFAULT '\n```\n### Lint\n\nnone\n');\n"
+        "COMMENT ON TABLE notes IS 'see postgresql://u:hunter2-plain@db/x';\n"
+    )
+    Engine(fresh_db, migset.load(set_copy)).apply()
+    (set_copy / "0008_notes.sql").write_text(sql_text)
+    generate(admin, set_copy)
+    for fmt in ("markdown", "json", "text"):
+        args = ("plan",) if fmt == "text" else ("plan", "--format", fmt)
+        out, err = cli_process(fresh_db, *args, set_dir=set_copy).communicate(timeout=60)
+        assert "CREATE TABLE notes" in out and "hunter2-plain" not in out + err, (fmt, out, err)
+    markdown = cli_process(fresh_db, "plan", "--format", "markdown", set_dir=set_copy).communicate(timeout=60)[0]
+    # One heading outside the SQL fence: the literal's "### Lint" stays inside it (and inside a one-line table cell).
+    outside, opened = [], 0  # CommonMark: a fence closes only with at least as many backticks as it opened with
+    for line in markdown.splitlines():
+        run = len(line) - len(line.lstrip("`"))
+        if not opened and run >= 3:
+            opened = run
+        elif opened and run >= opened and line.strip("`") == "":
+            opened = 0
+        elif not opened:
+            outside.append(line)
+    assert [line for line in outside if line.startswith("### Lint")] == ["### Lint"]
+    fence = next(line for line in markdown.splitlines() if line.endswith("sql") and line.startswith("`"))
+    assert len(fence) - len("sql") > 3
