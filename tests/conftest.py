@@ -44,8 +44,9 @@ def admin(pg_cluster: localpg.Cluster) -> ConnectionSettings:
 
 
 @pytest.fixture
-def fresh_db(admin: ConnectionSettings) -> Iterator[ConnectionSettings]:
+def fresh_db(admin: ConnectionSettings, pg_cluster: localpg.Cluster) -> Iterator[ConnectionSettings]:
     """An empty database owned by the admin role, dropped after the test."""
+    import psycopg
     from psycopg import sql
 
     name = f"t_{secrets.token_hex(5)}"
@@ -54,8 +55,13 @@ def fresh_db(admin: ConnectionSettings) -> Iterator[ConnectionSettings]:
     try:
         yield admin.with_database(name)
     finally:
-        with admin.connect() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        try:
+            with admin.connect() as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        except psycopg.errors.InsufficientPrivilege:
+            # A session of another role (a test's role, a subprocess applier still exiting) is connected: only a
+            # superuser may end it. The name is ours (t_ + hex), so it needs no quoting beyond the double quotes.
+            pg_cluster.superuser_psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
