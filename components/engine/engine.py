@@ -207,29 +207,22 @@ class Engine:
         """
         self._check_expected(target, expected_fingerprint)
         with self.connect() as conn:
-            state = self.read_state(conn)
-            steps = plan_steps(self.mset, state, target)
-            self._refuse_direction(steps, state, target, allow_rollback, allow_forward)
-            if steps:
-                self.refuse_unnamed_writer(state)
+            state, steps = self._checked_plan(conn, target, allow_rollback, allow_forward)
             claimed = state.owner is not None and state.owner.resource_id == owner_id
             if not steps and (owner_id is None or claimed or not state.exists):
                 # Nothing to do: still prove the schema is what the ledger says.
-                # Nothing to do: still prove the schema is what the ledger says.
                 live = cat.introspect(conn, self.mset.schema)
-                self._raise_on_drift(state.current, live)
+                self._refuse_drift(self._report(state.current, live))
                 return RunResult(state.current, [], cat.fingerprint(live), state)
             preflight(conn, self.settings, self.mset.schema, self.ledger.schema)
             with self.locked(conn):
-                state = self.read_state(conn)  # another applier may have finished while we waited
-                steps = plan_steps(self.mset, state, target)
-                self._refuse_direction(steps, state, target, allow_rollback, allow_forward)
-                if steps:
-                    self.refuse_unnamed_writer(state)
+                # Another applier may have finished while we waited: plan again.
+                state, steps = self._checked_plan(conn, target, allow_rollback, allow_forward)
                 live, verified = cat.introspect_verifiable(conn, self.mset.schema)
+                report = self._report(state.current, live)
                 if not state.started and not any(s.direction == "down" for s in steps):
                     # Forward runs start from the verified schema; a rollback (each down step verified) is a way out of drift.
-                    self._raise_on_drift(state.current, live)
+                    self._refuse_drift(report)
                 findings = self.lint(conn, steps)
                 self._refuse_lint(findings)
                 if self.gate is not None:
@@ -242,7 +235,7 @@ class Engine:
                 for f in findings:
                     self.progress(f"lint: {f.describe()}")
                 # The schema as read is the snapshot of the current version: the first step can read only what it changes.
-                proven = None if state.started or cat.compare(self.mset.expected_catalog(state.current), live) else verified
+                proven = verified if report.ok and not state.started else None
                 return self._run(conn, state, steps, target, live, proven)
 
     def _run(
@@ -359,13 +352,22 @@ class Engine:
                 "or, after review, add `-- migrate:allow <rule>` at the top of the file.",
             )
 
-    def _raise_on_drift(self, version: str | None, live: cat.Catalog) -> None:
-        if version is None:
-            return
-        report = self._report(version, live)
-        if not report.ok:
+    def _checked_plan(
+        self, conn: psycopg.Connection[Any], target: str | None, allow_rollback: bool, allow_forward: bool
+    ) -> tuple[LedgerState, tuple[Step, ...]]:
+        """The ledger read and the plan to `target`, with the refusals that need no lock (direction, unnamed writer)."""
+        state = self.read_state(conn)
+        steps = plan_steps(self.mset, state, target)
+        self._refuse_direction(steps, state, target, allow_rollback, allow_forward)
+        if steps:
+            self.refuse_unnamed_writer(state)
+        return state, steps
+
+    def _refuse_drift(self, report: VerifyReport) -> None:
+        """Before anything runs, the live schema must be the snapshot of the applied version (none applied: no claim)."""
+        if report.version is not None and not report.ok:
             raise DriftDetected(
-                f"the live schema of {self.settings.describe()} differs from the snapshot of version {version}: "
+                f"the live schema of {self.settings.describe()} differs from the snapshot of version {report.version}: "
                 + "; ".join(d.describe() for d in report.differences)
                 + ". Nothing was run.",
                 "undo the manual change (or capture it in a new migration), check with "

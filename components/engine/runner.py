@@ -115,7 +115,8 @@ class StepRunner:
             try:
                 with self.conn.transaction():
                     writes = set_timeouts(self.conn, self.options, local=True)
-                    self._execute(statements, 0, label)
+                    for index, stmt in enumerate(statements, 1):
+                        self._execute_one(stmt, index, len(statements), label)
                     proven = None
                     if self.verified is not None and not full and len(self.verified.catalog) >= SCOPED_FROM:
                         proven = cat.still_matches(self.conn, self.schema, self.verified, expected, writes)
@@ -130,13 +131,7 @@ class StepRunner:
                 return fingerprint
             except _Failed as failed:
                 if failed.state == LOCK_NOT_AVAILABLE and attempt < self.options.ddl_retries:
-                    delay = self._backoff(attempt)
-                    self.progress(
-                        f"{label}: statement {failed.index}/{len(statements)} waited over lock_timeout "
-                        f"({self.options.lock_timeout_ms} ms) for a table lock ({self._blockers(failed.stmt)}); "
-                        f"rolled back, retry {attempt + 1}/{self.options.ddl_retries} in {int(delay * 1000)} ms"
-                    )
-                    self.sleep(delay)
+                    self._wait_to_retry(attempt, label, failed.index, len(statements), failed.stmt, "rolled back")
                     continue
                 raise self._rolled_back(failed, label, len(statements)) from None
             except MigrationError:
@@ -219,12 +214,7 @@ class StepRunner:
             except _Failed as failed:
                 if failed.state != LOCK_NOT_AVAILABLE or attempt == self.options.ddl_retries:
                     raise
-                delay = self._backoff(attempt)
-                self.progress(
-                    f"{label}: statement {index + 1}/{total} waited over lock_timeout for a table lock ({self._blockers(stmt)}); "
-                    f"nothing of it was done, retry {attempt + 1}/{self.options.ddl_retries} in {int(delay * 1000)} ms"
-                )
-                self.sleep(delay)
+                self._wait_to_retry(attempt, label, index + 1, total, stmt, "nothing of it was done")
             except Exception as exc:
                 import psycopg
 
@@ -316,10 +306,6 @@ class StepRunner:
 
     # -- shared
 
-    def _execute(self, statements: list[Statement], start: int, label: str) -> None:
-        for index in range(start, len(statements)):
-            self._execute_one(statements[index], index + 1, len(statements), label)
-
     def _execute_one(self, stmt: Statement, index: int, total: int, label: str) -> None:
         """One statement; outside a transaction, a DDL lock timeout is retried here (the statement did nothing)."""
         import psycopg
@@ -339,12 +325,7 @@ class StepRunner:
                     failed = _Failed(exc, index, stmt)
                     if in_tx or failed.state != LOCK_NOT_AVAILABLE or attempt == self.options.ddl_retries:
                         raise failed from None
-                    delay = self._backoff(attempt)
-                    self.progress(
-                        f"{label}: statement {index}/{total} waited over lock_timeout for a table lock ({self._blockers(stmt)}); "
-                        f"nothing of it was done, retry {attempt + 1}/{self.options.ddl_retries} in {int(delay * 1000)} ms"
-                    )
-                    self.sleep(delay)
+                    self._wait_to_retry(attempt, label, index, total, stmt, "nothing of it was done")
         finally:
             if concurrent and not (self.conn.closed or self.conn.broken):
                 self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.options.lock_timeout_ms}ms",))
@@ -355,8 +336,14 @@ class StepRunner:
 
         return self.conn.info.transaction_status != TransactionStatus.IDLE
 
-    def _backoff(self, attempt: int) -> float:
-        return float(min(0.2 * 2**attempt, 5.0))
+    def _wait_to_retry(self, attempt: int, label: str, index: int, total: int, stmt: Statement, undone: str) -> None:
+        """After a DDL lock timeout: say who blocked and what was undone, then back off (0.2 s doubling, at most 5 s)."""
+        delay = min(0.2 * 2**attempt, 5.0)
+        self.progress(
+            f"{label}: statement {index}/{total} waited over lock_timeout ({self.options.lock_timeout_ms} ms) for a table lock "
+            f"({self._blockers(stmt)}); {undone}, retry {attempt + 1}/{self.options.ddl_retries} in {int(delay * 1000)} ms"
+        )
+        self.sleep(delay)
 
     def _blockers(self, stmt: Statement) -> str:
         """The sessions holding locks on the relations `stmt` names (what a DDL statement waited for)."""
