@@ -53,6 +53,18 @@ _WRITTEN_BY: dict[str, list[tuple[str, str]]] = {
     "pg_operator": [("pg_operator", "x.oid")],
     "pg_opclass": [("pg_opclass", "x.oid")],
 }
+# Where a catalog's rows of one relation are found by index: (the set of OIDs to look up, the indexed column). A
+# relation's catalog rows are written under a lock on that relation, so this transaction's rows are usually found from
+# the relations it locked; the proof does not rely on that: see _SCOPED_HEAD.
+_BY_LOCK: dict[str, tuple[str, str]] = {
+    "pg_class": ("locked", "oid"),
+    "pg_attribute": ("locked", "attrelid"),
+    "pg_attrdef": ("locked", "adrelid"),
+    "pg_index": ("locked", "indexrelid"),
+    "pg_constraint": ("locked", "conrelid"),
+    "pg_rewrite": ("locked", "ev_class"),
+    "pg_type": ("locked_types", "oid"),
+}
 # Catalogs a step writes as a side effect of what the scoped proof follows (dependencies, statistics, sequences' state,
 # the internal triggers of a foreign key), or that the catalog model does not compare at all, in the whole read either
 # (triggers, sequence options: a known gap of the model, not of the scoped proof).
@@ -69,33 +81,84 @@ def _writes(table: str) -> str:
     )
 
 
+def _deletes(table: str) -> str:
+    return f"pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.{table}'::regclass)"
+
+
 # Rows this backend wrote in each catalog and has not reported yet (stats are reported only between transactions):
 # read at the start of a transaction and again at its verification, the difference is what the transaction did.
 XACT_WRITES = (
     "CASE WHEN current_setting('track_counts') = 'on' THEN json_build_object("
     + ", ".join(f"'{t}', {_writes(t)}" for t in _WRITTEN_BY)
     + ", "
-    + ", ".join(f"'del:{t}', pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.{t}'::regclass)" for t in _DROPS)
+    + ", ".join(f"'del:{t}', {_deletes(t)}" for t in dict.fromkeys((*_DROPS, *_BY_LOCK)))
     # Writes to any other catalog (text search, casts, triggers, comments, ...): the scoped proof cannot follow them,
     # so any change there sends the step to the whole read.
     + ", 'other', (SELECT coalesce(sum("
     + _writes("x").replace("'pg_catalog.x'::regclass", "c.oid")
     + "), 0)"
-    " FROM pg_catalog.pg_class c WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r'"
+    # (the system catalogs were made by initdb, below the first user OID: read on pg_class's OID index)
+    " FROM pg_catalog.pg_class c WHERE c.oid < 16384 AND c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r'"
     " AND c.relname <> ALL (ARRAY[" + ", ".join(f"'{t}'" for t in (*_WRITTEN_BY, *_IGNORED)) + "]))" + ") END"
 )
 
-_TOUCHED = "\n  UNION ".join(
-    f"SELECT 'pg_catalog.{cls}'::regclass::oid, {expr} FROM pg_catalog.{table} x, hz"
-    f" WHERE (SELECT {_writes(table)}) <> (%(writes)s::json->>'{table}')::bigint AND pg_catalog.age(x.xmin) <= hz.a"
-    for table, pairs in _WRITTEN_BY.items()
-    for cls, expr in pairs
+
+def _written(table: str) -> str:
+    """True when this transaction wrote `table` (a one-time filter: the plan skips what follows otherwise)."""
+    return f"(SELECT {_writes(table)}) <> (%(writes)s::json->>'{table}')::bigint"
+
+
+def _inserted_or_updated(table: str) -> str:
+    """Rows this transaction inserted or updated in `table` (each leaves one new row version with its xid)."""
+    return (
+        f"(({_writes(table)}) - {_deletes(table)}) - ((%(writes)s::json->>'{table}')::bigint - (%(writes)s::json->>'del:{table}')::bigint)"
+    )
+
+
+# Per catalog found by lock: the rows of the locked relations written since the horizon, and whether that is provably
+# every row this transaction wrote there. It is when the rows carrying this transaction's own xid number as many as the
+# row versions the transaction created (inserts + updates, counted by the server): every version is then one of them.
+# A version made in a subtransaction, written twice, or written outside the locked relations makes the counts differ,
+# and that catalog is scanned whole as before.
+_LOOKUPS = ",\n".join(
+    f"by_{table} AS (SELECT x.*, x.xmin = me.x AS mine FROM {source} l CROSS JOIN LATERAL"
+    f" (SELECT x.*, x.xmin FROM pg_catalog.{table} x WHERE x.{key} = l.oid OFFSET 0) x, me, hz"
+    f" WHERE {_written(table)} AND pg_catalog.age(x.xmin) <= hz.a)"
+    for table, (source, key) in _BY_LOCK.items()
 )
+_COMPLETE = (
+    "complete AS (SELECT "
+    + ", ".join(f"(SELECT count(*) FROM by_{t} WHERE mine) = {_inserted_or_updated(t)} AS {t}" for t in _BY_LOCK)
+    + ")"
+)
+
+
+def _touched_rows(table: str, cls: str, expr: str) -> str:
+    scan = f"SELECT 'pg_catalog.{cls}'::regclass::oid, {expr} FROM pg_catalog.{table} x, hz WHERE {_written(table)}"
+    if table not in _BY_LOCK:
+        return f"{scan} AND pg_catalog.age(x.xmin) <= hz.a"
+    return (
+        f"SELECT 'pg_catalog.{cls}'::regclass::oid, {expr} FROM by_{table} x WHERE (SELECT {table} FROM complete)\n"
+        f"  UNION {scan} AND NOT (SELECT {table} FROM complete) AND pg_catalog.age(x.xmin) <= hz.a"
+    )
+
+
+_TOUCHED = "\n  UNION ".join(_touched_rows(table, cls, expr) for table, pairs in _WRITTEN_BY.items() for cls, expr in pairs)
 
 _SCOPED_HEAD = f"""
 WITH RECURSIVE ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s),
 {_EXT},
 hz AS (SELECT pg_catalog.age(%(since)s::text::xid) AS a),
+me AS (SELECT pg_catalog.pg_current_xact_id()::xid AS x),
+-- the relations this transaction locked, and their row types
+locked AS (SELECT DISTINCT l.relation AS oid FROM pg_catalog.pg_locks l WHERE l.locktype = 'relation'
+  AND l.pid = pg_catalog.pg_backend_pid() AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database())),
+locked_types AS (SELECT c.reltype AS oid FROM locked l CROSS JOIN LATERAL (SELECT c.reltype FROM pg_catalog.pg_class c
+    WHERE c.oid = l.oid OFFSET 0) c WHERE c.reltype <> 0
+  UNION SELECT t.typarray FROM locked l CROSS JOIN LATERAL (SELECT t.typarray FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_type t ON t.oid = c.reltype WHERE c.oid = l.oid OFFSET 0) t WHERE t.typarray <> 0),
+{_LOOKUPS},
+{_COMPLETE},
 touched(classid, objid) AS (
   {_TOUCHED}
 ),
@@ -108,31 +171,37 @@ closure(classid, objid) AS (
 ),
 cand AS (
   SELECT objid AS oid FROM closure WHERE classid = 'pg_catalog.pg_class'::regclass
-  UNION SELECT x.indrelid FROM pg_catalog.pg_index x
-    JOIN closure c ON c.classid = 'pg_catalog.pg_class'::regclass AND c.objid = x.indexrelid
-  UNION SELECT d.adrelid FROM pg_catalog.pg_attrdef d JOIN closure c ON c.classid = 'pg_catalog.pg_attrdef'::regclass AND c.objid = d.oid
-  UNION SELECT k.conrelid FROM pg_catalog.pg_constraint k
-    JOIN closure c ON c.classid = 'pg_catalog.pg_constraint'::regclass AND c.objid = k.oid
-  UNION SELECT r.ev_class FROM pg_catalog.pg_rewrite r JOIN closure c ON c.classid = 'pg_catalog.pg_rewrite'::regclass AND c.objid = r.oid
-  UNION SELECT t.typrelid FROM pg_catalog.pg_type t JOIN closure c ON c.classid = 'pg_catalog.pg_type'::regclass AND c.objid = t.oid
+  -- per closure row on the catalogs' indexes (OFFSET 0): the closure holds a few objects, not the whole catalog
+  UNION SELECT x.indrelid FROM closure c CROSS JOIN LATERAL (SELECT x.indrelid FROM pg_catalog.pg_index x
+    WHERE x.indexrelid = c.objid OFFSET 0) x WHERE c.classid = 'pg_catalog.pg_class'::regclass
+  UNION SELECT d.adrelid FROM closure c CROSS JOIN LATERAL (SELECT d.adrelid FROM pg_catalog.pg_attrdef d
+    WHERE d.oid = c.objid OFFSET 0) d WHERE c.classid = 'pg_catalog.pg_attrdef'::regclass
+  UNION SELECT k.conrelid FROM closure c CROSS JOIN LATERAL (SELECT k.conrelid FROM pg_catalog.pg_constraint k
+    WHERE k.oid = c.objid OFFSET 0) k WHERE c.classid = 'pg_catalog.pg_constraint'::regclass
+  UNION SELECT r.ev_class FROM closure c CROSS JOIN LATERAL (SELECT r.ev_class FROM pg_catalog.pg_rewrite r
+    WHERE r.oid = c.objid OFFSET 0) r WHERE c.classid = 'pg_catalog.pg_rewrite'::regclass
+  UNION SELECT t.typrelid FROM closure c CROSS JOIN LATERAL (SELECT t.typrelid FROM pg_catalog.pg_type t
+    WHERE t.oid = c.objid OFFSET 0) t WHERE c.classid = 'pg_catalog.pg_type'::regclass
   UNION SELECT c.oid FROM pg_catalog.pg_class c, ns WHERE c.relnamespace = ns.oid AND c.relname = ANY(%(names)s::text[])
-  UNION SELECT x.indrelid FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class c ON c.oid = x.indexrelid, ns
+  UNION SELECT x.indrelid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_index x ON x.indexrelid = c.oid, ns
     WHERE c.relnamespace = ns.oid AND c.relname = ANY(%(names)s::text[])
 ),
 rels AS (
-  SELECT c.oid, c.relname, c.relkind FROM pg_catalog.pg_class c, ns
-  WHERE c.relnamespace = ns.oid AND c.oid IN (SELECT oid FROM cand) AND c.oid NOT IN (SELECT objid FROM ext)
+  SELECT c.oid, c.relname, c.relkind FROM (SELECT DISTINCT oid FROM cand) k
+    CROSS JOIN LATERAL (SELECT c.oid, c.relname, c.relkind, c.relnamespace FROM pg_catalog.pg_class c WHERE c.oid = k.oid OFFSET 0) c, ns
+  WHERE c.relnamespace = ns.oid AND c.oid NOT IN (SELECT objid FROM ext)
 ),
 types AS (
-  SELECT t.oid, t.typname FROM pg_catalog.pg_type t, ns
+  SELECT t.oid, t.typname FROM (SELECT objid AS oid FROM closure WHERE classid = 'pg_catalog.pg_type'::regclass
+      UNION SELECT n.oid FROM pg_catalog.pg_type n, ns WHERE n.typname = ANY(%(names)s::text[]) AND n.typnamespace = ns.oid) k
+    CROSS JOIN LATERAL (SELECT t.oid, t.typname, t.typtype, t.typnamespace FROM pg_catalog.pg_type t WHERE t.oid = k.oid OFFSET 0) t, ns
   WHERE t.typnamespace = ns.oid AND t.typtype = 'e' AND t.oid NOT IN (SELECT objid FROM ext)
-    AND t.oid IN (SELECT objid FROM closure WHERE classid = 'pg_catalog.pg_type'::regclass
-                  UNION SELECT n.oid FROM pg_catalog.pg_type n, ns WHERE n.typname = ANY(%(names)s::text[]) AND n.typnamespace = ns.oid)
 ),
 procs AS (
-  SELECT p.oid FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace = ns.oid AND p.oid NOT IN (SELECT objid FROM ext)
-    AND p.oid IN (SELECT objid FROM closure WHERE classid = 'pg_catalog.pg_proc'::regclass
-                  UNION SELECT n.oid FROM pg_catalog.pg_proc n, ns WHERE n.proname = ANY(%(names)s::text[]) AND n.pronamespace = ns.oid)
+  SELECT p.oid FROM (SELECT objid AS oid FROM closure WHERE classid = 'pg_catalog.pg_proc'::regclass
+      UNION SELECT n.oid FROM pg_catalog.pg_proc n, ns WHERE n.proname = ANY(%(names)s::text[]) AND n.pronamespace = ns.oid) k
+    CROSS JOIN LATERAL (SELECT p.oid, p.pronamespace FROM pg_catalog.pg_proc p WHERE p.oid = k.oid OFFSET 0) p, ns
+  WHERE p.pronamespace = ns.oid AND p.oid NOT IN (SELECT objid FROM ext)
 ),"""
 
 _BODY = """
@@ -162,12 +231,13 @@ SELECT json_build_object(
             FROM types t),
   'indexes', (SELECT coalesce(json_agg(json_build_array(i.relname, t.relname,
                   pg_catalog.pg_get_indexdef(x.indexrelid), x.indisvalid)), '[]')
-              FROM pg_catalog.pg_index x
-              JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
-              JOIN rels t ON t.oid = x.indrelid),
+              FROM rels t
+              CROSS JOIN LATERAL (SELECT x.* FROM pg_catalog.pg_index x WHERE x.indrelid = t.oid OFFSET 0) x
+              JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid),
   'constraints', (SELECT coalesce(json_agg(json_build_array(t.relname, c.conname, c.contype::text,
                   pg_catalog.pg_get_constraintdef(c.oid))), '[]')
-                  FROM pg_catalog.pg_constraint c JOIN rels t ON t.oid = c.conrelid),
+                  FROM rels t
+                  CROSS JOIN LATERAL (SELECT c.* FROM pg_catalog.pg_constraint c WHERE c.conrelid = t.oid OFFSET 0) c),
   'functions', (SELECT coalesce(json_agg(json_build_array(
                   p.proname || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
                   p.prokind::text, md5(p.prosrc))), '[]')

@@ -161,5 +161,6 @@ def set_timeouts(conn: psycopg.Connection[Any], options: RunOptions, *, local: b
         " set_config('client_connection_check_interval', '1s', false), set_config('jit', 'off', %s),"
         " set_config('plan_cache_mode', 'force_generic_plan', %s), " + XACT_WRITES,
         (f"{options.lock_timeout_ms}ms", local, f"{options.statement_timeout_ms}ms", local, local, local),
+        prepare=True,  # once per step of a run: planned once per connection
     ).fetchone()
     return None if row is None or row[5] is None else {str(k): int(v) for k, v in row[5].items()}

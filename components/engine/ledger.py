@@ -205,6 +205,7 @@ class Ledger:
                 done_digest,
                 direction,
             ),
+            prepare=True,  # once per step of a run: planned once per connection
         )
 
     def progress(self, conn: psycopg.Connection[Any], version: str, statements_done: int, done_digest: str) -> None:

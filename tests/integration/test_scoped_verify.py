@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from components.engine.connection import ConnectionSettings
 from components.engine.engine import Engine
 from components.engine.errors import VerifyFailed
 from components.engine.snapshot import generate
+from devtools import localpg
 from tests.integration.test_wishlist_items_migration import ledger_rows
 
 # Three small migrations after 0007; the middle one is the one tampered with, so that it is verified by the scoped read
@@ -168,3 +171,25 @@ def test_a_change_to_a_catalog_the_scoped_proof_does_not_follow_sends_the_step_t
     with pytest.raises(VerifyFailed, match="0010_step"):
         Engine(fresh_db, migset.load(set_copy)).apply()
     assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008", "0009"]
+
+
+def test_a_catalog_write_that_takes_no_lock_on_the_table_it_changes_is_still_caught(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings, pg_cluster: localpg.Cluster
+) -> None:
+    """The scoped read finds a step's rows from the relations it locked, and proves by the server's write counts that
+    there are no others. A superuser's UPDATE of pg_attribute locks no table: the counts differ, the catalog is scanned."""
+    role, password = f"su_{secrets.token_hex(4)}", secrets.token_hex(12)
+    pg_cluster.superuser_psql(f"CREATE ROLE {role} SUPERUSER LOGIN PASSWORD '{password}'")
+    try:
+        superuser = dataclasses.replace(fresh_db, user=role, password=password)
+        middle = (
+            BASE["0009"] + "UPDATE pg_catalog.pg_attribute SET attnotnull = true WHERE attrelid = 'a'::regclass AND attname = 'note';\n"
+        )
+        mset = _set(set_copy, admin, middle)
+        with pytest.raises(VerifyFailed, match=re.escape("column a.note differs")) as failure:
+            Engine(superuser, mset).apply()
+        assert "0009" in str(failure.value) and "rolled back" in str(failure.value)
+        assert [r[0] for r in ledger_rows(superuser)] == ["0007", "0008"]
+    finally:
+        pg_cluster.superuser_psql(f"REASSIGN OWNED BY {role} TO {admin.user}; DROP OWNED BY {role}", dbname=fresh_db.dbname)
+        pg_cluster.superuser_psql(f"DROP ROLE {role}")
