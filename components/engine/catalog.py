@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -105,14 +105,12 @@ XACT_WRITES = (
 
 def _written(table: str) -> str:
     """True when this transaction wrote `table` (a one-time filter: the plan skips what follows otherwise)."""
-    return f"(SELECT {_writes(table)}) <> (%(writes)s::json->>'{table}')::bigint"
+    return f"(SELECT {_writes(table)}) <> (current_setting('wishlist.xact_writes')::json->>'{table}')::bigint"
 
 
 def _inserted_or_updated(table: str) -> str:
     """Rows this transaction inserted or updated in `table` (each leaves one new row version with its xid)."""
-    return (
-        f"(({_writes(table)}) - {_deletes(table)}) - ((%(writes)s::json->>'{table}')::bigint - (%(writes)s::json->>'del:{table}')::bigint)"
-    )
+    return f"(({_writes(table)}) - {_deletes(table)}) - ((current_setting('wishlist.xact_writes')::json->>'{table}')::bigint - (current_setting('wishlist.xact_writes')::json->>'del:{table}')::bigint)"
 
 
 # Per catalog found by lock: the rows of the locked relations written since the horizon, and whether that is provably
@@ -231,13 +229,10 @@ SELECT json_build_object(
             FROM types t),
   'indexes', (SELECT coalesce(json_agg(json_build_array(i.relname, t.relname,
                   pg_catalog.pg_get_indexdef(x.indexrelid), x.indisvalid)), '[]')
-              FROM rels t
-              CROSS JOIN LATERAL (SELECT x.* FROM pg_catalog.pg_index x WHERE x.indrelid = t.oid OFFSET 0) x
-              JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid),
+              {indexes_of_rels}),
   'constraints', (SELECT coalesce(json_agg(json_build_array(t.relname, c.conname, c.contype::text,
                   pg_catalog.pg_get_constraintdef(c.oid))), '[]')
-                  FROM rels t
-                  CROSS JOIN LATERAL (SELECT c.* FROM pg_catalog.pg_constraint c WHERE c.conrelid = t.oid OFFSET 0) c),
+                  {constraints_of_rels}),
   'functions', (SELECT coalesce(json_agg(json_build_array(
                   p.proname || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
                   p.prokind::text, md5(p.prosrc))), '[]')
@@ -276,10 +271,22 @@ _SCOPED_EXTRA = (
     + XACT_WRITES
 )
 
-_INTROSPECT = _FULL_HEAD + _BODY.format(extra="")
+# How the body reaches the indexes and constraints of `rels`: by hash join when it holds the whole schema, by index
+# lookup per relation (OFFSET 0) when it holds the few a step changed. The printed columns are the same.
+_WHOLE = {
+    "indexes_of_rels": "FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid JOIN rels t ON t.oid = x.indrelid",
+    "constraints_of_rels": "FROM pg_catalog.pg_constraint c JOIN rels t ON t.oid = c.conrelid",
+}
+_FEW = {
+    "indexes_of_rels": "FROM rels t CROSS JOIN LATERAL (SELECT x.* FROM pg_catalog.pg_index x WHERE x.indrelid = t.oid OFFSET 0) x"
+    " JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid",
+    "constraints_of_rels": "FROM rels t CROSS JOIN LATERAL (SELECT c.* FROM pg_catalog.pg_constraint c WHERE c.conrelid = t.oid OFFSET 0) c",
+}
+_INTROSPECT = _FULL_HEAD + _BODY.format(extra="", **_WHOLE)
 
-_INTROSPECT_OWNERS = _FULL_HEAD + _BODY.format(extra=_OWNERS)
-_SCOPED = _SCOPED_HEAD + _BODY.format(extra=_SCOPED_EXTRA)
+_INTROSPECT_OWNERS = _FULL_HEAD + _BODY.format(extra=_OWNERS, **_WHOLE)
+_SCOPED = _SCOPED_HEAD + _BODY.format(extra=_SCOPED_EXTRA, **_FEW)
+SCOPED = _SCOPED  # prepared once per connection by the step runner
 
 
 _RELATION_KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized_view", "f": "foreign_table", "S": "sequence"}
@@ -332,19 +339,44 @@ class Verified:
     owners: dict[str, str]
 
 
+def verifiable_query(schema: str) -> tuple[str, dict[str, Any]]:
+    """The whole read that also lists the schema's objects by OID (for a later scoped read): one statement."""
+    return _INTROSPECT_OWNERS, {"schema": schema}
+
+
+def verifiable_result(raw: Mapping[str, Any]) -> tuple[Catalog, Verified]:
+    """The catalog of a whole read; the second item holds only once it is compared equal to what was expected."""
+    live = parse_rows(raw)
+    return live, Verified(live, raw["horizon"], raw["session"], raw["owners"])
+
+
 def introspect_verifiable(conn: psycopg.Connection[Any], schema: str) -> tuple[Catalog, Verified]:
     """Read the catalog of `schema` in one round trip; the second item holds only once it is compared equal to what was expected."""
-    row = conn.execute(_INTROSPECT_OWNERS, {"schema": schema}).fetchone()
+    row = conn.execute(*verifiable_query(schema)).fetchone()
     assert row is not None
-    live = parse_rows(row[0])
-    return live, Verified(live, row[0]["horizon"], row[0]["session"], row[0]["owners"])
+    return verifiable_result(row[0])
 
 
-def still_matches(
-    conn: psycopg.Connection[Any], schema: str, prev: Verified, after: Catalog, writes: dict[str, int] | None
+def scoped_query(schema: str, prev: Verified, after: Catalog, delta: frozenset[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """The read of what this transaction changed since `prev` (see scoped_result). It compares the catalog rows written
+    with the write counts taken at the start of the transaction (guards.timeouts_query keeps them in the transaction).
+    `delta`, when given, names every entry that differs between `prev.catalog` and `after` (the stored snapshot delta)."""
+    before = prev.catalog
+    if delta is None:
+        delta = frozenset(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    return _SCOPED, {"schema": schema, "since": str(int(prev.xmin) % 2**32), "names": sorted(_names(delta, before, after))}
+
+
+def scoped_result(
+    raw: Mapping[str, Any],
+    prev: Verified,
+    after: Catalog,
+    writes: dict[str, int] | None,
+    delta: frozenset[str] | None = None,
+    order: list[str] | None = None,
 ) -> Verified | None:
-    """Prove, reading only what this transaction changed since `prev`, that the live catalog is `after`; `writes` is
-    XACT_WRITES read at the start of this transaction (None: not counted, prove nothing).
+    """Prove, from the scoped read `raw`, that the live catalog is `after`; `writes` is XACT_WRITES read at the start of
+    this transaction (None: not counted, prove nothing).
 
     None when it cannot (then read everything). It holds because: an object none of whose catalog rows, nor those of
     anything it depends on, was written since the horizon prints as it did then: it is in `prev.catalog`, and, outside
@@ -353,19 +385,11 @@ def still_matches(
     owner's OID under another name: refused), or left out as an extension member or printed under other settings (the
     session digest: refused). Changes by other sessions are not looked for: the full read of a run's last step is.
     """
-    before = prev.catalog
-    delta = [k for k in before.keys() | after.keys() if before.get(k) != after.get(k)]
     if writes is None:
         return None
-    params = {
-        "schema": schema,
-        "since": str(int(prev.xmin) % 2**32),
-        "names": sorted(_names(delta, before, after)),
-        "writes": json.dumps(writes),
-    }
-    row = conn.execute(_SCOPED, params, prepare=True).fetchone()
-    assert row is not None
-    raw = row[0]
+    before = prev.catalog
+    if delta is None:
+        delta = frozenset(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     ended = raw["writes"] or {}
     if (
         raw["session"] != prev.session
@@ -378,7 +402,7 @@ def still_matches(
             return None
     live = parse_rows(raw)
     keys = set(delta) | live.keys()
-    order = list(after)  # sorted: snapshots and reads are
+    order = order if order is not None else sorted(after)  # `after`'s keys, sorted
     for name, _kind, _def in raw["relations"]:
         keys.update(f"{kind}:{name}" for kind in _RELATION_KINDS.values())
         keys.update(_prefixed(order, f"column:{name}."), _prefixed(order, f"constraint:{name}."))
@@ -396,7 +420,7 @@ def _prefixed(order: list[str], prefix: str) -> list[str]:
     return order[start:end]
 
 
-def _names(keys: list[str], *catalogs: Catalog) -> set[str]:
+def _names(keys: Iterable[str], *catalogs: Catalog) -> set[str]:
     """The relation, type and function names that entries `keys` belong to (a superset: names may hold dots)."""
     out: set[str] = set()
     for key in keys:

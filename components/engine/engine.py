@@ -260,7 +260,17 @@ class Engine:
             # The last step reads the whole schema: what another session changed meanwhile is caught before the run ends.
             expected = self.mset.expected_catalog(after)
             expected_fp = self.mset.get(after).fingerprint if after is not None else None
-            result.ran.append(runner.run(step, after, expected, expected_fp or cat.fingerprint(expected), full=i == len(steps) - 1))
+            result.ran.append(
+                runner.run(
+                    step,
+                    after,
+                    expected,
+                    expected_fp or cat.fingerprint(expected),
+                    full=i == len(steps) - 1,
+                    delta=self.mset.changed_keys(version),
+                    order=self.mset.expected_keys(after),
+                )
+            )
             result.current = after
         if target is None and not applied and self.options.stack is not None:
             self.ledger.release(conn)
@@ -376,4 +386,12 @@ class Engine:
 
     def _report(self, version: str | None, live: cat.Catalog) -> VerifyReport:
         expected = self.mset.expected_catalog(version)
-        return VerifyReport(version, cat.fingerprint(live), cat.fingerprint(expected), tuple(cat.compare(expected, live)))
+        computed = cat.fingerprint(expected)
+        recorded = self.mset.get(version).fingerprint if version is not None else None
+        if recorded is not None and recorded != computed:
+            raise ChecksumMismatch(
+                f"the snapshot of version {version} in {self.mset.directory / 'meta'} records fingerprint {recorded[:19]}, but its "
+                f"catalog hashes to {computed[:19]}: meta/ was edited. Nothing was run.",
+                "restore meta/ from git, or regenerate it (`python -m components.migrate snapshot`) if no version was applied anywhere.",
+            )
+        return VerifyReport(version, cat.fingerprint(live), computed, tuple(cat.compare(expected, live)))

@@ -150,17 +150,27 @@ def migration_lock(
             conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
 
 
-def set_timeouts(conn: psycopg.Connection[Any], options: RunOptions, *, local: bool) -> dict[str, int] | None:
+def timeouts_query(options: RunOptions, *, local: bool) -> tuple[str, tuple[Any, ...]]:
     """DDL lock_timeout and statement_timeout for this transaction (local) or this session; no JIT and one generic plan
     for prepared statements (the scoped catalog read's estimates are far above jit_above_cost, and compiling or
     re-planning it costs more than running it).
 
-    Returns the catalog rows this backend wrote so far (catalog.XACT_WRITES), read in the same round trip."""
-    row = conn.execute(
+    Its row's last column is the catalog rows this backend wrote so far (catalog.XACT_WRITES); in a transaction they are
+    also kept in the setting wishlist.xact_writes, where the scoped catalog read finds them."""
+    return (
         "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s),"
         " set_config('client_connection_check_interval', '1s', false), set_config('jit', 'off', %s),"
-        " set_config('plan_cache_mode', 'force_generic_plan', %s), " + XACT_WRITES,
-        (f"{options.lock_timeout_ms}ms", local, f"{options.statement_timeout_ms}ms", local, local, local),
-        prepare=True,  # once per step of a run: planned once per connection
-    ).fetchone()
-    return None if row is None or row[5] is None else {str(k): int(v) for k, v in row[5].items()}
+        " set_config('plan_cache_mode', 'force_generic_plan', %s),"
+        " set_config('wishlist.xact_writes', coalesce(w::text, 'null'), %s), w FROM (SELECT " + XACT_WRITES + " AS w) x",
+        (f"{options.lock_timeout_ms}ms", local, f"{options.statement_timeout_ms}ms", local, local, local, local),
+    )
+
+
+def writes_of(row: tuple[Any, ...] | None) -> dict[str, int] | None:
+    """The catalog write counts from a timeouts_query row (None: track_counts is off)."""
+    return None if row is None or row[-1] is None else {str(k): int(v) for k, v in row[-1].items()}
+
+
+def set_timeouts(conn: psycopg.Connection[Any], options: RunOptions, *, local: bool) -> dict[str, int] | None:
+    """Run timeouts_query; returns the catalog rows this backend wrote so far."""
+    return writes_of(conn.execute(*timeouts_query(options, local=local)).fetchone())

@@ -163,15 +163,18 @@ class Ledger:
             ).format(applied=self._t("applied"), owner=self._t("owner"))
         )
 
-    def record(
+    def record(self, conn: psycopg.Connection[Any], **row: Any) -> None:
+        """Insert or update one version's row (the fields of record_statement)."""
+        conn.execute(*self.record_statement(**row))
+
+    def record_statement(
         self,
-        conn: psycopg.Connection[Any],
         *,
         version: str,
         name: str,
         checksum: str,
         applied_by: str,
-        duration_ms: int,
+        duration_ms: int | None,
         stack: str | None,
         database_identity: str,
         fingerprint: str | None,
@@ -179,34 +182,22 @@ class Ledger:
         statements_done: int = 0,
         done_digest: str | None = None,
         direction: str = "up",
-    ) -> None:
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (set_name, version, name, checksum, applied_by, duration_ms, stack, database_identity, fingerprint, status,"
-                " statements_done, done_digest, direction)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (set_name, version) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now(),"
-                " applied_by = EXCLUDED.applied_by, duration_ms = EXCLUDED.duration_ms, fingerprint = EXCLUDED.fingerprint,"
-                " status = EXCLUDED.status, statements_done = EXCLUDED.statements_done, done_digest = EXCLUDED.done_digest,"
-                " direction = EXCLUDED.direction"
-            ).format(self._t("applied")),
-            (
-                self.set_name,
-                version,
-                name,
-                checksum,
-                applied_by,
-                duration_ms,
-                stack,
-                database_identity,
-                fingerprint,
-                status,
-                statements_done,
-                done_digest,
-                direction,
-            ),
-            prepare=True,  # once per step of a run: planned once per connection
-        )
+    ) -> tuple[sql.Composed, tuple[Any, ...]]:
+        """The upsert of one version's row, and its values; `duration_ms` None: the server measures it since the
+        transaction began."""
+        query = sql.SQL(
+            "INSERT INTO {} (set_name, version, name, checksum, applied_by, duration_ms, stack, database_identity, fingerprint, status,"
+            " statements_done, done_digest, direction)"
+            " VALUES (%s, %s, %s, %s, %s,"
+            " coalesce(%s, (extract(epoch FROM clock_timestamp() - transaction_timestamp()) * 1000)::integer),"
+            " %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (set_name, version) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now(),"
+            " applied_by = EXCLUDED.applied_by, duration_ms = EXCLUDED.duration_ms, fingerprint = EXCLUDED.fingerprint,"
+            " status = EXCLUDED.status, statements_done = EXCLUDED.statements_done, done_digest = EXCLUDED.done_digest,"
+            " direction = EXCLUDED.direction"
+        ).format(self._t("applied"))
+        values = (self.set_name, version, name, checksum, applied_by, duration_ms, stack, database_identity, fingerprint, status)
+        return query, (*values, statements_done, done_digest, direction)
 
     def progress(self, conn: psycopg.Connection[Any], version: str, statements_done: int, done_digest: str) -> None:
         """After each statement of a run outside a transaction: how far it got (committed with the statement's effect)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import re
@@ -64,9 +65,13 @@ class Migration:
     down_sql: str | None
     down_checksum: str | None
     markers: dict[str, list[str]] = field(default_factory=dict)
-    snapshot: Catalog | None = None
+    # The snapshot as stored: the whole catalog after this version (`snapshot_base` None), or only the entries that
+    # differ from the previous version's snapshot (`snapshot_base` names it; None as a value: the entry is gone).
+    snapshot_changes: dict[str, dict[str, Any] | None] | None = None
     down_markers: dict[str, list[str]] = field(default_factory=dict)
     trace: Trace | None = None  # what each up statement locked, rewrote and scanned on the snapshot's database
+    snapshot_base: str | None = None
+    stored_fingerprint: str | None = None  # the snapshot's fingerprint (sha256 of its whole catalog), as meta/ records it
 
     @property
     def label(self) -> str:
@@ -88,9 +93,11 @@ class Migration:
         """Lint rules this file explicitly accepts (`-- migrate:allow <rule>`)."""
         return frozenset(v for v in self.markers.get("allow", []) if v)
 
-    @cached_property
+    @property
     def fingerprint(self) -> str | None:
-        return None if self.snapshot is None else fingerprint(self.snapshot)
+        """What meta/ records (checked against the catalog at load for a whole snapshot; for a stored delta, whenever the
+        catalog is compared whole, and by `check`)."""
+        return self.stored_fingerprint
 
     @cached_property
     def _up_statements(self) -> tuple[Statement, ...]:
@@ -122,10 +129,20 @@ class MigrationSet:
     def latest(self) -> str | None:
         return self.migrations[-1].version if self.migrations else None
 
+    @cached_property
+    def _positions(self) -> dict[str, int]:
+        return {m.version: i for i, m in enumerate(self.migrations)}
+
+    @cached_property
+    def _materialized(self) -> list[tuple[int, Catalog, list[str]]]:
+        """The last catalog built from stored deltas and its sorted keys (a set is walked forward: each step costs its
+        delta and one copy)."""
+        return []
+
     def get(self, version: str) -> Migration:
-        for m in self.migrations:
-            if m.version == version:
-                return m
+        position = self._positions.get(version)
+        if position is not None:
+            return self.migrations[position]
         raise UnknownVersion(
             f"version {version!r} is not in the migration set {self.directory} (known: {', '.join(self.versions) or 'none'}).",
             "name one of the known versions, or 0 for 'before the first migration'.",
@@ -135,16 +152,62 @@ class MigrationSet:
         return [] if target is None else [m for m in self.migrations if int(m.version) <= int(target)]
 
     def expected_catalog(self, version: str | None) -> Catalog:
-        """The snapshot after `version` (empty before the first migration)."""
+        """The snapshot after `version` (empty before the first migration); a new dict, whose entries are shared."""
         if version is None:
             return {}
-        snap = self.get(version).snapshot
-        if snap is None:
-            raise SetError(
-                f"no snapshot for version {version} in {self.directory / 'meta'}.",
-                SNAPSHOT_HINT.format(set_dir=self.directory),
-            )
-        return snap
+        target = self._positions.get(version)
+        if target is None:
+            self.get(version)  # raises UnknownVersion
+            raise AssertionError("unreachable")
+        chain: list[Migration] = []  # back to the nearest whole snapshot, or to the catalog built last time
+        position, catalog, order = target, None, []
+        while catalog is None:
+            if self._materialized and self._materialized[0][0] == position:
+                catalog, order = dict(self._materialized[0][1]), list(self._materialized[0][2])
+                break
+            m = self.migrations[position]
+            if m.snapshot_changes is None:
+                raise SetError(
+                    f"no snapshot for version {m.version} in {self.directory / 'meta'}.", SNAPSHOT_HINT.format(set_dir=self.directory)
+                )
+            chain.append(m)
+            if m.snapshot_base is None:
+                catalog = {}
+            position -= 1  # a delta's base is the version before it (checked at load)
+        for m in reversed(chain):
+            assert m.snapshot_changes is not None
+            if m.snapshot_base is None:
+                catalog = {k: v for k, v in m.snapshot_changes.items() if v is not None}
+                order = sorted(catalog)
+                continue
+            for key, entry in m.snapshot_changes.items():
+                if entry is None:
+                    if catalog.pop(key, None) is not None:
+                        del order[bisect.bisect_left(order, key)]
+                else:
+                    if key not in catalog:
+                        bisect.insort(order, key)
+                    catalog[key] = entry
+        self._materialized[:] = [(target, catalog, order)]
+        return dict(catalog)
+
+    def expected_keys(self, version: str | None) -> list[str]:
+        """The keys of expected_catalog(version), sorted (kept up to date as deltas are applied, never sorted again)."""
+        if version is None:
+            return []
+        if not (self._materialized and self._materialized[0][0] == self._positions.get(version)):
+            self.expected_catalog(version)
+        return self._materialized[0][2]
+
+    def changed_keys(self, version: str) -> frozenset[str]:
+        """The entries whose definition differs between the snapshot before `version` and the one after it."""
+        m = self.get(version)
+        if m.snapshot_base is not None and m.snapshot_changes is not None:
+            return frozenset(m.snapshot_changes)
+        position = self._positions[version]
+        before = self.expected_catalog(self.migrations[position - 1].version) if position else {}
+        after = self.expected_catalog(version)
+        return frozenset(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
     def manifest(self) -> list[dict[str, Any]]:
         """What the Pulumi resource takes as input: every version with its checksums (which bind the SQL).
@@ -230,8 +293,11 @@ def _check_order(entries: list[Any], journal_path: Path, directory: Path) -> Non
         previous = int(version)
 
 
-def _load_snapshot(path: Path, entry: dict[str, Any], set_dir: Path) -> tuple[Catalog, str]:
-    """A snapshot whose bytes match the journal's sha256 and whose stored fingerprint matches its catalog."""
+def _load_snapshot(path: Path, entry: dict[str, Any], set_dir: Path, previous: str | None) -> tuple[dict[str, Any], str | None, str]:
+    """A snapshot whose bytes match the journal's sha256: (its entries, the version it is a delta against, its fingerprint).
+
+    A whole snapshot's fingerprint is checked against its catalog here; a delta's when its catalog is compared whole
+    (verify, drift, the pre-check and last step of a run) and by `check`, which rebuilds every version."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -252,6 +318,18 @@ def _load_snapshot(path: Path, entry: dict[str, Any], set_dir: Path) -> tuple[Ca
         snap = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SetError(f"snapshot {path} is not valid JSON ({exc}).", SNAPSHOT_HINT.format(set_dir=set_dir)) from None
+    if isinstance(snap, dict) and isinstance(snap.get("changes"), dict) and "base" in snap:
+        changes = snap["changes"]
+        if snap["base"] != previous or previous is None:
+            raise SetError(
+                f"snapshot {path} holds the changes since version {snap['base']}, but the version before it is {previous or 'none'}.",
+                "restore meta/ from git, or " + SNAPSHOT_HINT.format(set_dir=set_dir),
+            )
+        if not all(isinstance(k, str) and (v is None or isinstance(v, dict)) for k, v in changes.items()):
+            raise SetError(f"snapshot {path} is malformed: 'changes' maps names to objects or null.", SNAPSHOT_HINT.format(set_dir=set_dir))
+        if not isinstance(snap.get("fingerprint"), str):
+            raise SetError(f"snapshot {path} is malformed: no 'fingerprint'.", SNAPSHOT_HINT.format(set_dir=set_dir))
+        return changes, previous, snap["fingerprint"]
     if not (isinstance(snap, dict) and isinstance(snap.get("catalog"), dict)):
         raise SetError(f"snapshot {path} is malformed: no 'catalog' object.", SNAPSHOT_HINT.format(set_dir=set_dir))
     catalog: Catalog = snap["catalog"]
@@ -261,7 +339,7 @@ def _load_snapshot(path: Path, entry: dict[str, Any], set_dir: Path) -> tuple[Ca
             f"snapshot {path} says fingerprint {str(snap.get('fingerprint'))[:12]} but its catalog hashes to {computed[:12]}.",
             "restore it from git, or " + SNAPSHOT_HINT.format(set_dir=set_dir),
         )
-    return catalog, computed
+    return dict(catalog), None, computed
 
 
 def _load_trace(path: Path, entry: dict[str, Any], set_dir: Path) -> Trace:
@@ -334,11 +412,11 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
             raise SetError(
                 f"journal lists a down file for {version} but {scanned.up.name[:-4]}.down.sql is missing.", "restore it from git."
             )
-        snapshot: Catalog | None = None
-        snap_fingerprint = None
+        changes: dict[str, Any] | None = None
+        base = snap_fingerprint = None
         snap_path = meta / f"{version}_snapshot.json"
         if snap_path.exists() or require_snapshots:
-            snapshot, snap_fingerprint = _load_snapshot(snap_path, entry, directory)
+            changes, base, snap_fingerprint = _load_snapshot(snap_path, entry, directory, migrations[-1].version if migrations else None)
         trace: Trace | None = None
         trace_error: SetError | None = None  # raised after parsing: a file's own error is the one to fix first
         trace_path = meta / f"{version}_trace.json"
@@ -358,12 +436,12 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
             down_sql=down_sql,
             down_checksum=down_checksum,
             markers=header_markers(up_sql),
-            snapshot=snapshot,
+            snapshot_changes=changes,
             down_markers=header_markers(down_sql or ""),
             trace=trace,
+            snapshot_base=base,
+            stored_fingerprint=snap_fingerprint,
         )
-        if snapshot is not None:  # its stored fingerprint was just checked against its catalog: kept, not hashed again
-            migration.__dict__["fingerprint"] = snap_fingerprint
         # Parsed now and kept: a syntax error or transaction control fails check and plan, naming the file, before anything runs.
         migration.statements()
         migration.down_statements()
@@ -416,6 +494,7 @@ def write_meta(directory: Path, schema: str, snapshots: dict[str, Catalog], trac
     set_name = set_name_of(directory)
     meta.mkdir(parents=True, exist_ok=True)
     entries = []
+    previous: tuple[str, Catalog] | None = None
     for f in scan(directory):
         entry: dict[str, Any] = {
             "version": f.version,
@@ -425,12 +504,15 @@ def write_meta(directory: Path, schema: str, snapshots: dict[str, Catalog], trac
             "transactional": NO_TRANSACTION not in header_markers(f.up.read_text()),
         }
         snap = snapshots[f.version]
-        snap_bytes = (
-            json.dumps(
-                {"version": f.version, "schema": schema, "fingerprint": fingerprint(snap), "catalog": snap}, indent=2, sort_keys=True
-            )
-            + "\n"
-        ).encode()
+        stored: dict[str, Any] = {"version": f.version, "schema": schema, "fingerprint": fingerprint(snap)}
+        if previous is None:
+            stored["catalog"] = snap  # the first version: the whole catalog
+        else:  # later versions: what differs from the previous one, so that meta/ grows with the changes, not the history
+            before = previous[1]
+            stored["base"] = previous[0]
+            stored["changes"] = {k: snap.get(k) for k in sorted(before.keys() | snap.keys()) if before.get(k) != snap.get(k)}
+        previous = (f.version, snap)
+        snap_bytes = (json.dumps(stored, indent=2, sort_keys=True) + "\n").encode()
         (meta / f"{f.version}_snapshot.json").write_bytes(snap_bytes)
         entry["snapshot"] = {"file": f"{f.version}_snapshot.json", "sha256": sha256_hex(snap_bytes)}
         up_sha = entry["up"]["sha256"]

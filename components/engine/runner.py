@@ -5,23 +5,25 @@ Every failure message says what is true of the database when it prints: rolled b
 
 from __future__ import annotations
 
+import functools
 import getpass
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
 from . import catalog as cat
 from .connection import ConnectionSettings, mask_dsn
-from .errors import IncompleteMigration, MigrationError, NotWritable, PermissionMissing, StatementFailed, VerifyFailed
-from .guards import set_timeouts
+from .errors import ChecksumMismatch, IncompleteMigration, MigrationError, NotWritable, PermissionMissing, StatementFailed, VerifyFailed
+from .guards import set_timeouts, timeouts_query, writes_of
 from .ledger import APPLIED, STARTED, Ledger, LedgerState
 from .options import RunOptions
 from .pgerrors import STATE_FIXES, first_line, sqlstate
 from .planner import Step, statements_digest
+from .prepared import PreparedStatements
 from .sqltext import Statement
 from .statement_kinds import concurrent_index, relations
 
@@ -35,6 +37,7 @@ SCOPED_FROM = 500
 OUTSIDE_ONLY = frozenset({"VacuumStmt", "CreatedbStmt", "DropdbStmt", "AlterSystemStmt", "CreateTableSpaceStmt", "DropTableSpaceStmt"})
 
 
+@functools.cache
 def whoami() -> str:
     try:
         user = getpass.getuser()
@@ -77,11 +80,25 @@ class StepRunner:
     sleep: Callable[[float], None] = time.sleep
     # The catalog last proven equal to the live schema (pre-check or previous step): a step then reads only what changed.
     verified: cat.Verified | None = None
+    prepared: PreparedStatements = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prepared = PreparedStatements(self.conn)
 
     def run(
-        self, step: Step, expected_version: str | None, expected: cat.Catalog, expected_fingerprint: str, *, full: bool = False
+        self,
+        step: Step,
+        expected_version: str | None,
+        expected: cat.Catalog,
+        expected_fingerprint: str,
+        *,
+        full: bool = False,
+        delta: frozenset[str] | None = None,
+        order: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Run one step verified against `expected`; `full` reads the whole schema (the last step of a run does)."""
+        """Run one step verified against `expected`; `full` reads the whole schema (the last step of a run does);
+        `delta` names the entries that differ between the snapshots before and after the step; `order` is `expected`'s
+        keys, sorted."""
         m = step.migration
         label = f"{m.label} ({step.direction})"
         statements = step.statements()
@@ -89,7 +106,9 @@ class StepRunner:
         where = "" if step.transactional else ", outside a transaction"
         self.progress(f"{label}: {len(statements)} statement(s){where}")
         if step.transactional:
-            fingerprint = self._in_transaction(step, label, statements, expected_version, expected, expected_fingerprint, full, started)
+            fingerprint = self._in_transaction(
+                step, label, statements, expected_version, expected, expected_fingerprint, full, delta, order
+            )
         else:
             fingerprint = self._outside_transaction(step, label, statements, expected_version, expected, started)
         duration = int((time.monotonic() - started) * 1000)
@@ -107,26 +126,18 @@ class StepRunner:
         expected: cat.Catalog,
         expected_fingerprint: str,
         full: bool,
-        started: float,
+        delta: frozenset[str] | None,
+        order: list[str] | None,
     ) -> str:
         import psycopg
 
+        self._prepare()
         for attempt in range(self.options.ddl_retries + 1):
             try:
-                with self.conn.transaction():
-                    writes = set_timeouts(self.conn, self.options, local=True)
-                    for index, stmt in enumerate(statements, 1):
-                        self._execute_one(stmt, index, len(statements), label)
-                    proven = None
-                    if self.verified is not None and not full and len(self.verified.catalog) >= SCOPED_FROM:
-                        proven = cat.still_matches(self.conn, self.schema, self.verified, expected, writes)
-                    if proven is not None:
-                        fingerprint = expected_fingerprint  # the live catalog is `expected`
-                    else:
-                        live, proven = cat.introspect_verifiable(self.conn, self.schema)
-                        self._verify(label, expected_version, expected, live, rolled_back=True)
-                        fingerprint = cat.fingerprint(live)
-                    self._record(step, started, fingerprint)
+                with self.conn.pipeline() as pipe, self.conn.transaction():
+                    fingerprint, proven = self._attempt(
+                        pipe, step, label, statements, expected_version, expected, expected_fingerprint, full, delta, order
+                    )
                 self.verified = proven
                 return fingerprint
             except _Failed as failed:
@@ -144,6 +155,66 @@ class StepRunner:
                     "run `python -m components.migrate status`: the version is applied if and only if the ledger lists it; run apply again.",
                 ) from None
         raise AssertionError("unreachable")
+
+    def _attempt(
+        self,
+        pipe: psycopg.Pipeline,
+        step: Step,
+        label: str,
+        statements: list[Statement],
+        expected_version: str | None,
+        expected: cat.Catalog,
+        expected_fingerprint: str,
+        full: bool,
+        delta: frozenset[str] | None,
+        order: list[str] | None,
+    ) -> tuple[str, cat.Verified]:
+        """One try of a step in its open transaction: BEGIN, the timeouts, every statement, the verifying read and the ledger
+        row go in one round trip (the row is rolled back with the rest unless the read proves the snapshot); COMMIT in a
+        second."""
+        import psycopg
+
+        t0 = time.monotonic()
+        timeouts = self.prepared.execute("wishlist_timeouts", timeouts_query(self.options, local=True)[1])
+        sent: list[psycopg.Cursor[Any]] = []
+        scoped = self.verified is not None and not full and len(self.verified.catalog) >= SCOPED_FROM
+        try:
+            for stmt in statements:
+                sent.append(self.conn.execute(stmt.text.encode(), prepare=False))
+            if scoped:
+                assert self.verified is not None
+                read = self.prepared.execute("wishlist_scoped", cat.scoped_query(self.schema, self.verified, expected, delta)[1])
+            else:
+                read = self.prepared.execute("wishlist_verifiable", cat.verifiable_query(self.schema)[1])
+            self._record(step, None, expected_fingerprint, prepared=True)
+            pipe.sync()
+        except psycopg.Error as exc:
+            # The first statement without a result is the one that failed (those after it were skipped by the server).
+            failed = next((i for i, cur in enumerate(sent) if cur.pgresult is None), None)
+            if timeouts.pgresult is not None and failed is not None:
+                raise _Failed(exc, failed + 1, statements[failed]) from None
+            raise
+        self.progress(
+            f"{label}: statements 1-{len(statements)}, the verifying read and the ledger row in one round trip, "
+            f"{1000 * (time.monotonic() - t0):.1f} ms"
+        )
+        writes = writes_of(timeouts.fetchone())
+        row = read.fetchone()
+        assert row is not None
+        if scoped:
+            assert self.verified is not None
+            proven = cat.scoped_result(row[0], self.verified, expected, writes, delta, order)
+            if proven is not None:
+                return expected_fingerprint, proven  # the live catalog is `expected`
+            again = self.conn.execute(*cat.verifiable_query(self.schema))
+            pipe.sync()
+            row = again.fetchone()
+            assert row is not None
+        live, proven = cat.verifiable_result(row[0])
+        self._verify(label, expected_version, expected, live, rolled_back=True)
+        fingerprint = cat.fingerprint(live)
+        self._check_fingerprint(label, expected_version, expected_fingerprint, fingerprint)
+        return fingerprint, proven
 
     def _rolled_back(self, failed: _Failed, label: str, total: int) -> MigrationError:
         where = f"statement {failed.index}/{total} (line {failed.stmt.line})"
@@ -365,6 +436,30 @@ class StepRunner:
             for pid, app, state, since, query in rows
         )
 
+    def _prepare(self) -> None:
+        """The statements of every step, prepared on this connection once (a round trip before the run's first step)."""
+        record = self.ledger.record_statement(
+            version="", name="", checksum="", applied_by="", duration_ms=None, stack=None, database_identity="", fingerprint=None
+        )[0]  # the statement only: its values come with each EXECUTE
+        self.prepared.prepare(
+            {
+                "wishlist_timeouts": timeouts_query(self.options, local=True)[0],
+                "wishlist_scoped": cat.SCOPED,
+                "wishlist_verifiable": cat.verifiable_query(self.schema)[0],
+                "wishlist_ledger_record": record,
+            }
+        )
+
+    def _check_fingerprint(self, label: str, version: str | None, recorded: str, computed: str) -> None:
+        """The live catalog equals the snapshot entry by entry: the fingerprint meta/ records for it must be its hash."""
+        if recorded != computed:
+            raise ChecksumMismatch(
+                f"{label}: the snapshot of {version} records fingerprint {recorded[:19]}, but its catalog (which the live schema "
+                f"matches) hashes to {computed[:19]}: meta/ was edited. The migration was rolled back, the ledger is unchanged.",
+                "restore meta/ from git, or regenerate it (`python -m components.migrate snapshot`) if this version was never "
+                "applied anywhere.",
+            )
+
     def _verify(
         self, label: str, version: str | None, expected: cat.Catalog, live: cat.Catalog, *, rolled_back: bool, total: int = 0
     ) -> None:
@@ -387,19 +482,27 @@ class StepRunner:
         )
 
     def _record(
-        self, step: Step, started: float, fingerprint: str | None, *, status: str = APPLIED, done: int = 0, digest: str | None = None
+        self,
+        step: Step,
+        started: float | None,
+        fingerprint: str | None,
+        *,
+        status: str = APPLIED,
+        done: int = 0,
+        digest: str | None = None,
+        prepared: bool = False,
     ) -> None:
+        """The step's ledger row; `started` None: the server measures the duration from the transaction's start."""
         m = step.migration
         if step.direction == "down" and status == APPLIED:
             self.ledger.forget(self.conn, m.version)
             return
-        self.ledger.record(
-            self.conn,
+        row = self.ledger.record_statement(
             version=m.version,
             name=m.name,
             checksum=m.checksum,
             applied_by=f"{self.settings.user} ({whoami()})",
-            duration_ms=int((time.monotonic() - started) * 1000),
+            duration_ms=None if started is None else int((time.monotonic() - started) * 1000),
             stack=self.options.stack,
             database_identity=self.state.identity,
             fingerprint=fingerprint,
@@ -408,3 +511,7 @@ class StepRunner:
             done_digest=digest,
             direction=step.direction,
         )
+        if prepared:
+            self.prepared.execute("wishlist_ledger_record", row[1])
+        else:
+            self.conn.execute(*row)

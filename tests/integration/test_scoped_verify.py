@@ -71,8 +71,8 @@ def test_a_bulk_apply_reads_the_whole_schema_only_before_and_at_the_end(
     fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mset = _set(set_copy, admin)
-    full = _count_calls(monkeypatch, "introspect_verifiable")
-    scoped = _count_calls(monkeypatch, "still_matches")
+    full = _count_calls(monkeypatch, "verifiable_result")
+    scoped = _count_calls(monkeypatch, "scoped_result")
     result = Engine(fresh_db, mset).apply()
     assert [r["version"] for r in result.ran] == ["0007", "0008", "0009", "0010"]
     # pre-check, then 0007-0009 proven from what they changed, then 0010 (the last) read whole

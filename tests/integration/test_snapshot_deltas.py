@@ -1,0 +1,102 @@
+"""meta/ stores each version's snapshot as its changes against the previous one: the same catalogs, the same guarantees."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from components.engine import catalog as cat
+from components.engine import migset
+from components.engine.connection import ConnectionSettings
+from components.engine.engine import Engine
+from components.engine.errors import ChecksumMismatch, SetError
+from components.engine.snapshot import generate, replay
+from tests.integration.test_wishlist_items_migration import ledger_rows
+
+STEPS = {
+    "0008": "CREATE TABLE a (id int PRIMARY KEY, note text);\nCREATE INDEX a_note ON a (note);\n",
+    "0009": "ALTER TABLE a ALTER COLUMN note SET NOT NULL;\nDROP INDEX a_note;\nCREATE TABLE b (id int PRIMARY KEY);\n",
+    "0010": "DROP TABLE b;\nALTER TABLE wishlist_items ADD COLUMN theme text;\n",
+}
+DOWNS = {
+    "0008": "DROP TABLE a;\n",
+    "0009": "DROP TABLE b;\nCREATE INDEX a_note ON a (note);\nALTER TABLE a ALTER COLUMN note DROP NOT NULL;\n",
+    "0010": "ALTER TABLE wishlist_items DROP COLUMN theme;\nCREATE TABLE b (id int PRIMARY KEY);\n",
+}
+
+
+def _generated(set_copy: Path, admin: ConnectionSettings) -> migset.MigrationSet:
+    for version, sql in STEPS.items():
+        (set_copy / f"{version}_step.sql").write_text(sql)
+        (set_copy / f"{version}_step.down.sql").write_text(DOWNS[version])
+    generate(admin, set_copy)
+    return migset.load(set_copy)
+
+
+def _rejournal(set_copy: Path, version: str) -> None:
+    """After a hand edit of a snapshot: record its new bytes in the journal, as a careless regeneration would."""
+    journal_path = set_copy / "meta/_journal.json"
+    journal = json.loads(journal_path.read_text())
+    for entry in journal["entries"]:
+        if entry["version"] == version:
+            entry["snapshot"]["sha256"] = migset.sha256_hex((set_copy / f"meta/{version}_snapshot.json").read_bytes())
+    journal_path.write_text(json.dumps(journal, indent=2) + "\n")
+
+
+def test_later_versions_store_only_what_changed_and_rebuild_the_catalog_a_database_has(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    mset = _generated(set_copy, admin)
+    first = json.loads((set_copy / "meta/0007_snapshot.json").read_text())
+    assert "catalog" in first and "changes" not in first  # the first version is whole: the committed file is unchanged
+    second = json.loads((set_copy / "meta/0009_snapshot.json").read_text())
+    assert second["base"] == "0008" and "catalog" not in second
+    assert second["changes"]["index:a_note"] is None and "table:b" in second["changes"]
+    assert "column:wishlist_items.title" not in second["changes"]  # unchanged entries are not repeated
+    assert mset.changed_keys("0009") == frozenset(second["changes"])
+    for version in ("0007", "0008", "0009", "0010", "0009", "0008"):  # forward, then backward through the cache
+        Engine(fresh_db, mset).migrate_to(version, allow_rollback=True)
+        with fresh_db.connect() as conn:
+            live = cat.introspect(conn, "public")
+        assert mset.expected_catalog(version) == live
+        assert cat.fingerprint(live) == mset.get(version).fingerprint
+    assert replay(admin, mset) == []
+
+
+def test_an_edited_delta_is_refused_even_with_its_journal_regenerated(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    """A delta's fingerprint is not recomputed at load (that would cost the whole history): it is checked whenever the
+    catalog is compared whole, and by `check`. (An edit of the entries themselves fails verification: the live schema
+    differs from them.)"""
+    good = _generated(set_copy, admin)
+    Engine(fresh_db, good).apply("0009")
+    path = set_copy / "meta/0009_snapshot.json"
+    snap = json.loads(path.read_text())
+    snap["fingerprint"] = "sha256:" + "1" * 64  # the catalog is right, the fingerprint recorded for it is not
+    path.write_text(json.dumps(snap, indent=2, sort_keys=True) + "\n")
+    _rejournal(set_copy, "0009")
+    edited = migset.load(set_copy)  # the bytes match the journal now
+    with pytest.raises(ChecksumMismatch, match=re.escape("records fingerprint")) as refused:
+        Engine(fresh_db, edited).verify()
+    assert "meta/ was edited. Nothing was run" in str(refused.value)
+    Engine(fresh_db, good).rollback("0008")
+    with pytest.raises(ChecksumMismatch, match=re.escape("the snapshot of 0009 records fingerprint")) as failure:
+        Engine(fresh_db, edited).apply("0009")  # the last step of a run compares its snapshot whole
+    assert "rolled back" in str(failure.value)
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008"]
+    assert replay(admin, edited) == ["0009"]  # `check` rebuilds every version and names it
+
+
+def test_a_delta_must_follow_the_version_before_it(set_copy: Path, admin: ConnectionSettings) -> None:
+    _generated(set_copy, admin)
+    path = set_copy / "meta/0010_snapshot.json"
+    snap = json.loads(path.read_text())
+    snap["base"] = "0008"
+    path.write_text(json.dumps(snap, indent=2, sort_keys=True) + "\n")
+    _rejournal(set_copy, "0010")
+    with pytest.raises(SetError, match="holds the changes since version 0008, but the version before it is 0009"):
+        migset.load(set_copy)
