@@ -16,14 +16,15 @@ from .errors import (
     ChecksumMismatch,
     DriftDetected,
     LintRefused,
+    MigrationError,
     PermissionMissing,
     RollbackRefused,
     UsageError,
     WrongDatabase,
 )
-from .guards import advisory_key, migration_lock, preflight
+from .guards import advisory_key, migration_lock, preflight, preflight_check, preflight_statement
 from .impact import StatementImpact, TableSize, assess, touched_tables
-from .ledger import LEDGER_FORMAT, Ledger, LedgerState
+from .ledger import ABSENT, LEDGER_FORMAT, Ledger, LedgerState
 from .lint import Finding, lint
 from .migset import MigrationSet
 from .options import RunOptions
@@ -103,8 +104,8 @@ class Engine:
         finally:
             conn.close()
 
-    def locked(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[None]:
-        """The migration lock of this set on `conn` (polled, bounded by lock_wait_ms)."""
+    def locked(self, conn: psycopg.Connection[Any], *, acquired: bool = False) -> AbstractContextManager[dict[str, bool]]:
+        """The migration lock of this set on `conn` (polled, bounded by lock_wait_ms; `acquired`: already taken)."""
         return migration_lock(
             conn,
             advisory_key(self.mset.name),
@@ -112,13 +113,47 @@ class Engine:
             set_name=self.mset.name,
             where=self.settings.describe(),
             progress=self.progress,
+            acquired=acquired,
         )
 
-    def read_state(self, conn: psycopg.Connection[Any]) -> LedgerState:
+    def _preflight_and_lock(self, conn: psycopg.Connection[Any]) -> tuple[bool, LedgerState | None]:
+        """One round trip: the preflight read, the lock's first try and, under the lock if it was granted, the ledger.
+
+        Returns whether the lock was granted and the ledger read under it (None: read it again once the lock is held)."""
+        import psycopg
+
+        checks, lock, identity, ledger = (conn.cursor() for _ in range(4))  # made first: an error may surface while sending
+        missing = False
+        try:
+            with conn.pipeline():
+                checks.execute(*preflight_statement(self.mset.schema, self.ledger.schema))
+                lock.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", (advisory_key(self.mset.name),))
+                identity.execute(ABSENT)
+                ledger.execute(*self.ledger.read_statement(conn))  # its own snapshot, taken after the lock statement
+        except psycopg.errors.UndefinedTable:
+            missing = True  # no ledger yet: `identity` says what a database without one says
+        except psycopg.Error:
+            if checks.pgresult is None or lock.pgresult is None or identity.pgresult is None:
+                raise
+            # a ledger this role cannot read: read again under the lock, where the error is named
+        row = lock.fetchone()
+        acquired = bool(row and row[0])
+        try:
+            preflight_check(checks.fetchone(), self.settings)
+        except MigrationError:
+            if acquired:
+                conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (advisory_key(self.mset.name),))
+            raise
+        if not acquired or identity.pgresult is None or (ledger.pgresult is None and not missing):
+            return acquired, None
+        return True, self.ledger.state_or_absent(identity, ledger)
+
+    def read_state(self, conn: psycopg.Connection[Any], state: LedgerState | None = None) -> LedgerState:
+        """The ledger (`state`: as already read) with the refusals that need no lock: owner, checksums, identity."""
         import psycopg
 
         try:
-            state = self.ledger.read(conn)
+            state = state or self.ledger.read(conn)
         except psycopg.errors.InsufficientPrivilege as exc:
             schema = self.ledger.schema
             raise PermissionMissing(
@@ -182,12 +217,18 @@ class Engine:
         """Live size of the named tables of the set's schema that exist (read-only; estimates, no scan)."""
         if not tables:
             return {}
-        rows = conn.execute(
+        return self._sizes_of(conn.execute(*self._sizes_statement(tables)).fetchall())
+
+    def _sizes_statement(self, tables: list[str]) -> tuple[str, tuple[Any, ...]]:
+        return (
             "SELECT c.relname, c.reltuples::bigint, pg_catalog.pg_total_relation_size(c.oid), pg_catalog.pg_relation_size(c.oid)"
             " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p', 'm')",
             (self.mset.schema, tables),
-        ).fetchall()
+        )
+
+    @staticmethod
+    def _sizes_of(rows: list[tuple[Any, ...]]) -> dict[str, TableSize]:
         return {str(r[0]): TableSize(None if r[1] < 0 else int(r[1]), int(r[2]), int(r[3])) for r in rows}
 
     # -- writes
@@ -214,16 +255,15 @@ class Engine:
                 live = cat.introspect(conn, self.mset.schema)
                 self._refuse_drift(self._report(state.current, live))
                 return RunResult(state.current, [], cat.fingerprint(live), state)
-            preflight(conn, self.settings, self.mset.schema, self.ledger.schema)
-            with self.locked(conn):
+            acquired, under_lock = self._preflight_and_lock(conn)
+            with self.locked(conn, acquired=acquired) as held:
                 # Another applier may have finished while we waited: plan again.
-                state, steps = self._checked_plan(conn, target, allow_rollback, allow_forward)
-                live, verified = cat.introspect_verifiable(conn, self.mset.schema)
+                state, steps = self._checked_plan(conn, target, allow_rollback, allow_forward, under_lock)
+                live, verified, findings = self._read_schema_and_lint(conn, steps)
                 report = self._report(state.current, live)
                 if not state.started and not any(s.direction == "down" for s in steps):
                     # Forward runs start from the verified schema; a rollback (each down step verified) is a way out of drift.
                     self._refuse_drift(report)
-                findings = self.lint(conn, steps)
                 self._refuse_lint(findings)
                 if self.gate is not None:
                     self.gate.enforce(steps)
@@ -236,7 +276,23 @@ class Engine:
                     self.progress(f"lint: {f.describe()}")
                 # The schema as read is the snapshot of the current version: the first step can read only what it changes.
                 proven = verified if report.ok and not state.started else None
-                return self._run(conn, state, steps, target, live, proven)
+                return self._run(conn, state, steps, target, live, proven, held)
+
+    def _read_schema_and_lint(
+        self, conn: psycopg.Connection[Any], steps: tuple[Step, ...]
+    ) -> tuple[cat.Catalog, cat.Verified, tuple[Finding, ...]]:
+        """One round trip: the whole schema (the run starts from it) and the live sizes of the tables the lint names."""
+        ups = [s.migration for s in steps if s.direction == "up"]
+        found = [f for m in ups for f in lint(m)]
+        tables = sorted({f.table for f in found if f.table})
+        with conn.pipeline():
+            schema = conn.execute(*cat.verifiable_query(self.mset.schema))
+            sizes = conn.execute(*self._sizes_statement(tables)) if tables else None
+        row = schema.fetchone()
+        assert row is not None
+        live, verified = cat.verifiable_result(row[0])
+        measured = self._sizes_of(sizes.fetchall()) if sizes is not None else {}
+        return live, verified, tuple(f for f in found if f.table is None or (f.table in measured and not measured[f.table].empty))
 
     def _run(
         self,
@@ -246,6 +302,7 @@ class Engine:
         target: str | None,
         live: cat.Catalog,
         verified: cat.Verified | None,
+        held: dict[str, bool] | None = None,
     ) -> RunResult:
         runner = StepRunner(conn, self.settings, self.mset.schema, self.ledger, self.options, state, self.progress, verified=verified)
         applied = set(state.applied)
@@ -276,7 +333,16 @@ class Engine:
             self.ledger.release(conn)
         # The last step verified the catalog: that is the final fingerprint.
         result.fingerprint = result.ran[-1]["fingerprint"] if result.ran else cat.fingerprint(live)
-        result.ledger = self.ledger.read(conn)
+        if held is None:
+            result.ledger = self.ledger.read(conn)
+            return result
+        with conn.pipeline():  # the ledger as the run left it, and the lock released, in one round trip
+            ledger = conn.execute(*self.ledger.read_statement(conn))
+            conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (advisory_key(self.mset.name),))
+        held["held"] = False
+        row = ledger.fetchone()
+        assert row is not None
+        result.ledger = self.ledger.state_of(row[0])
         return result
 
     def apply(self, target: str | None = LATEST) -> RunResult:
@@ -363,10 +429,16 @@ class Engine:
             )
 
     def _checked_plan(
-        self, conn: psycopg.Connection[Any], target: str | None, allow_rollback: bool, allow_forward: bool
+        self,
+        conn: psycopg.Connection[Any],
+        target: str | None,
+        allow_rollback: bool,
+        allow_forward: bool,
+        state: LedgerState | None = None,
     ) -> tuple[LedgerState, tuple[Step, ...]]:
-        """The ledger read and the plan to `target`, with the refusals that need no lock (direction, unnamed writer)."""
-        state = self.read_state(conn)
+        """The ledger read (unless given) and the plan to `target`, with the refusals that need no lock (direction,
+        unnamed writer)."""
+        state = self.read_state(conn, state)
         steps = plan_steps(self.mset, state, target)
         self._refuse_direction(steps, state, target, allow_rollback, allow_forward)
         if steps:

@@ -27,10 +27,15 @@ def advisory_key(set_id: str) -> int:
 
 def preflight(conn: psycopg.Connection[Any], settings: ConnectionSettings, schema: str, ledger_schema: str) -> None:
     """Before any write: the session can write, and the role holds each privilege a migration needs."""
+    preflight_check(conn.execute(*preflight_statement(schema, ledger_schema)).fetchone(), settings)
+
+
+def preflight_statement(schema: str, ledger_schema: str) -> tuple[str, dict[str, Any]]:
+    """What preflight reads, in one statement (read-only: it may share a round trip with the lock's first try)."""
     # Schemas and the ledger table are found by name in the catalogs and checked by OID, so that names with
     # quotes or dots are never parsed as SQL identifiers. Each privilege is checked on its own: has_*_privilege
     # with a list is true when ANY of them is held.
-    row = conn.execute(
+    return (
         "WITH s AS (SELECT (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s) AS target,"
         "                  (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(ledger)s) AS ledger),"
         " t AS (SELECT (SELECT c.oid FROM pg_catalog.pg_class c, s WHERE c.relnamespace = s.ledger AND c.relname = 'applied') AS tbl,"
@@ -46,7 +51,11 @@ def preflight(conn: psycopg.Connection[Any], settings: ConnectionSettings, schem
         " quote_ident(current_database()), quote_ident(current_user), quote_ident(%(schema)s), quote_ident(%(ledger)s)"
         " FROM s, t",
         {"schema": schema, "ledger": ledger_schema, "privs": list(TABLE_PRIVILEGES)},
-    ).fetchone()
+    )
+
+
+def preflight_check(row: tuple[Any, ...] | None, settings: ConnectionSettings) -> None:
+    """Raise, naming every missing privilege and its GRANT, unless the preflight_statement row says a migration can run."""
     assert row is not None
     (_user, standby, tx_ro, default_ro, has_schema, schema_missing, ledger_exists, db_create, ledger_missing, table_missing) = row[:10]
     # Names as PostgreSQL quotes them (only when needed), so the printed fix commands run as they are.
@@ -119,7 +128,8 @@ def migration_lock(
     where: str,
     progress: Callable[[str], None],
     sleep: Callable[[float], None] = time.sleep,
-) -> Iterator[None]:
+    acquired: bool = False,
+) -> Iterator[dict[str, bool]]:
     """Session advisory lock per set, polled with pg_try_advisory_lock from the client with backoff.
 
     Never waits inside a statement: a statement waiting for a lock holds a snapshot, and a CREATE INDEX
@@ -127,7 +137,7 @@ def migration_lock(
     """
     deadline = time.monotonic() + wait_ms / 1000
     delay, told = 0.02, False
-    while True:
+    while not acquired:  # `acquired`: the caller's own pg_try_advisory_lock (sent with other reads) got it
         row = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", (key,)).fetchone()
         if row is not None and row[0]:
             break
@@ -143,10 +153,11 @@ def migration_lock(
             told = True
         sleep(min(delay, remaining))
         delay = min(delay * 2, 0.5)
+    held = {"held": True}  # the caller sets it False when it released the lock itself (in a round trip of its own)
     try:
-        yield
+        yield held
     finally:
-        if not conn.closed and not conn.broken:
+        if held["held"] and not conn.closed and not conn.broken:
             conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +73,13 @@ class LedgerState:
         return f"{self.database}@{self.system_identifier}"
 
 
+# What a database says about itself when it has no ledger (read before the ledger, in the same round trip).
+ABSENT = (
+    "SELECT json_build_object('rows', '[]'::json, 'owner', NULL,"
+    " 'sysid', (SELECT system_identifier::text FROM pg_catalog.pg_control_system()), 'db', current_database())"
+)
+
+
 def _row(raw: dict[str, Any]) -> LedgerRow:
     return LedgerRow(
         version=str(raw["version"]),
@@ -103,10 +109,8 @@ class Ledger:
     def _t(self, table: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(self._s, sql.Identifier(table))
 
-    def read(self, conn: psycopg.Connection[Any]) -> LedgerState:
-        """Ledger rows, owner and server identity in one round trip (two when the ledger does not exist yet)."""
-        import psycopg
-
+    def read_statement(self, conn: psycopg.Connection[Any]) -> tuple[sql.Composed, dict[str, Any]]:
+        """Ledger rows, owner and server identity in one statement (it fails with UndefinedTable when there is no ledger)."""
         # to_jsonb(a) reads whatever columns exist, so a ledger of an older format still reads (and is upgraded later).
         query = sql.SQL(
             "SELECT json_build_object("
@@ -121,19 +125,44 @@ class Ledger:
             " 'db', current_database())"
         ).format(applied=self._t("applied"), owner=self._t("owner"))
         table, owner_table = self._t("applied").as_string(conn), self._t("owner").as_string(conn)
+        return query, {"set": self.set_name, "table": table, "owner": owner_table}
+
+    def read(self, conn: psycopg.Connection[Any]) -> LedgerState:
+        """Ledger rows, owner and server identity in one round trip (two when the ledger does not exist yet)."""
+        import psycopg
+
+        if conn.autocommit:  # one round trip either way: what a database without a ledger says, then the ledger
+            identity, ledger = conn.cursor(), conn.cursor()  # made first: an error may surface while the next is sent
+            try:
+                with conn.pipeline():
+                    identity.execute(ABSENT)
+                    ledger.execute(*self.read_statement(conn))
+            except psycopg.errors.UndefinedTable:
+                pass
+            return self.state_or_absent(identity, ledger)
         try:
-            with conn.transaction() if not conn.autocommit else nullcontext():  # a savepoint inside a transaction
-                row = conn.execute(query, {"set": self.set_name, "table": table, "owner": owner_table}).fetchone()
+            with conn.transaction():  # a savepoint inside a transaction
+                row = conn.execute(*self.read_statement(conn)).fetchone()
         except psycopg.errors.UndefinedTable:
-            row = conn.execute(
-                "SELECT json_build_object('rows', '[]'::json, 'owner', NULL,"
-                " 'sysid', (SELECT system_identifier::text FROM pg_catalog.pg_control_system()), 'db', current_database())"
-            ).fetchone()
+            row = conn.execute(ABSENT).fetchone()
             assert row is not None
-            data = row[0]
-            return LedgerState(False, (), None, data["sysid"], data["db"])
+            return LedgerState(False, (), None, row[0]["sysid"], row[0]["db"])
         assert row is not None
-        data = row[0]
+        return self.state_of(row[0])
+
+    def state_or_absent(self, identity: psycopg.Cursor[Any], ledger: psycopg.Cursor[Any]) -> LedgerState:
+        """The state from a pipelined ABSENT and read_statement: the ledger's, or only the identity when it has none."""
+        if ledger.pgresult is not None:
+            row = ledger.fetchone()
+            assert row is not None
+            return self.state_of(row[0])
+        row = identity.fetchone()
+        assert row is not None
+        return LedgerState(False, (), None, row[0]["sysid"], row[0]["db"])
+
+    @staticmethod
+    def state_of(data: dict[str, Any]) -> LedgerState:
+        """The LedgerState of a read_statement row."""
         rows = tuple(_row(r) for r in data["rows"])
         o = data["owner"]
         owner = Owner(o["stack"], o["system_identifier"], o["database"], str(o["claimed_at"]), o.get("resource_id")) if o else None
@@ -143,11 +172,16 @@ class Ledger:
 
     def ensure(self, conn: psycopg.Connection[Any]) -> None:
         """Create the ledger schema and tables if missing (idempotent)."""
-        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists (e.g. made by Pulumi).
-        if conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (self.schema,)).fetchone() is None:
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(self._s))
+        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists (e.g. made by Pulumi):
+        # the schema is created only when it is missing. One round trip: no parameter, so the statements go together.
+        name = sql.Literal(self.schema)
+        tag = "$wishlist$"
+        while tag in name.as_string(conn):  # the DO body's quote must not occur in the quoted name
+            tag = tag[:-1] + "_$"
         conn.execute(
             sql.SQL(
+                "DO {tag} BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = {name}) THEN"
+                " EXECUTE format('CREATE SCHEMA %I', {name}); END IF; END {tag};"
                 "CREATE TABLE IF NOT EXISTS {applied} ("
                 " set_name text NOT NULL, version text NOT NULL, name text NOT NULL, checksum text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now(), applied_by text NOT NULL,"
@@ -160,7 +194,7 @@ class Ledger:
                 "ALTER TABLE {applied} ADD COLUMN IF NOT EXISTS statements_done integer NOT NULL DEFAULT 0,"
                 " ADD COLUMN IF NOT EXISTS done_digest text, ADD COLUMN IF NOT EXISTS direction text NOT NULL DEFAULT 'up';"
                 "ALTER TABLE {owner} ADD COLUMN IF NOT EXISTS resource_id text"
-            ).format(applied=self._t("applied"), owner=self._t("owner"))
+            ).format(applied=self._t("applied"), owner=self._t("owner"), name=name, tag=sql.SQL(tag))
         )
 
     def record(self, conn: psycopg.Connection[Any], **row: Any) -> None:

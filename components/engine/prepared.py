@@ -35,29 +35,32 @@ def positional(query: str) -> tuple[str, list[str | int]]:
 
 
 class PreparedStatements:
-    """SQL-level prepared statements of one connection, by name; the connection's own auto-preparing is turned off."""
+    """SQL-level prepared statements of one connection, by name; the connection's own auto-preparing is turned off.
+
+    The first EXECUTE of a name is preceded by its PREPARE in the same round trip; `settle()` after the server answered
+    records which PREPAREs ran (one skipped after an earlier error is sent again next time)."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
         conn.prepare_threshold = None  # psycopg would otherwise prepare, then DEALLOCATE ALL after the next ALTER
         self._order: dict[str, list[str | int]] = {}
+        self._pending: dict[str, tuple[list[str | int], psycopg.Cursor[Any]]] = {}
 
-    def prepare(self, statements: Mapping[str, str | sql.Composable]) -> None:
-        """PREPARE the statements not prepared yet, in one round trip (outside a transaction, or in one that commits or not)."""
-        todo = {name: q for name, q in statements.items() if name not in self._order}
-        if not todo:
-            return
-        orders = {}
-        with self.conn.pipeline():
-            for name, query in todo.items():
-                numbered, orders[name] = positional(query if isinstance(query, str) else query.as_string(self.conn))
-                self.conn.execute(sql.SQL("PREPARE {} AS ").format(sql.Identifier(name)) + sql.SQL(numbered), prepare=False)
-        self._order |= orders  # only once the server answered: an error leaves them unprepared for the next call
-
-    def execute(self, name: str, params: Mapping[str, Any] | Sequence[Any]) -> psycopg.Cursor[Any]:
-        """EXECUTE a prepared statement (pipelined when the connection is in a pipeline)."""
-        order = self._order[name]
+    def execute(self, name: str, query: str | sql.Composable, params: Mapping[str, Any] | Sequence[Any]) -> psycopg.Cursor[Any]:
+        """EXECUTE `query` prepared as `name` (pipelined when the connection is in a pipeline)."""
+        order = self._order.get(name) or (self._pending[name][0] if name in self._pending else None)
+        if order is None:
+            numbered, order = positional(query if isinstance(query, str) else query.as_string(self.conn))
+            cursor = self.conn.execute(sql.SQL("PREPARE {} AS ").format(sql.Identifier(name)) + sql.SQL(numbered), prepare=False)
+            self._pending[name] = (order, cursor)
         values = [params[k] for k in order]  # type: ignore[index]
         return self.conn.execute(
             sql.SQL("EXECUTE {}({})").format(sql.Identifier(name), sql.SQL(", ").join(sql.Literal(v) for v in values)), prepare=False
         )
+
+    def settle(self) -> None:
+        """After the server answered (or failed): the PREPAREs that ran are kept, the others forgotten."""
+        for name, (order, cursor) in self._pending.items():
+            if cursor.pgresult is not None:
+                self._order[name] = order
+        self._pending.clear()

@@ -131,13 +131,15 @@ class StepRunner:
     ) -> str:
         import psycopg
 
-        self._prepare()
         for attempt in range(self.options.ddl_retries + 1):
             try:
-                with self.conn.pipeline() as pipe, self.conn.transaction():
-                    fingerprint, proven = self._attempt(
-                        pipe, step, label, statements, expected_version, expected, expected_fingerprint, full, delta, order
-                    )
+                try:
+                    with self.conn.pipeline() as pipe, self.conn.transaction():
+                        fingerprint, proven = self._attempt(
+                            pipe, step, label, statements, expected_version, expected, expected_fingerprint, full, delta, order
+                        )
+                finally:
+                    self.prepared.settle()
                 self.verified = proven
                 return fingerprint
             except _Failed as failed:
@@ -175,17 +177,17 @@ class StepRunner:
         import psycopg
 
         t0 = time.monotonic()
-        timeouts = self.prepared.execute("wishlist_timeouts", timeouts_query(self.options, local=True)[1])
-        sent: list[psycopg.Cursor[Any]] = []
+        timeouts = self.prepared.execute("wishlist_timeouts", *timeouts_query(self.options, local=True))
+        sent = [self.conn.cursor() for _ in statements]  # made first: an error may surface while the next one is sent
         scoped = self.verified is not None and not full and len(self.verified.catalog) >= SCOPED_FROM
         try:
-            for stmt in statements:
-                sent.append(self.conn.execute(stmt.text.encode(), prepare=False))
+            for cursor, stmt in zip(sent, statements, strict=True):
+                cursor.execute(stmt.text.encode(), prepare=False)
             if scoped:
                 assert self.verified is not None
-                read = self.prepared.execute("wishlist_scoped", cat.scoped_query(self.schema, self.verified, expected, delta)[1])
+                read = self.prepared.execute("wishlist_scoped", *cat.scoped_query(self.schema, self.verified, expected, delta))
             else:
-                read = self.prepared.execute("wishlist_verifiable", cat.verifiable_query(self.schema)[1])
+                read = self.prepared.execute("wishlist_verifiable", *cat.verifiable_query(self.schema))
             self._record(step, None, expected_fingerprint, prepared=True)
             pipe.sync()
         except psycopg.Error as exc:
@@ -436,20 +438,6 @@ class StepRunner:
             for pid, app, state, since, query in rows
         )
 
-    def _prepare(self) -> None:
-        """The statements of every step, prepared on this connection once (a round trip before the run's first step)."""
-        record = self.ledger.record_statement(
-            version="", name="", checksum="", applied_by="", duration_ms=None, stack=None, database_identity="", fingerprint=None
-        )[0]  # the statement only: its values come with each EXECUTE
-        self.prepared.prepare(
-            {
-                "wishlist_timeouts": timeouts_query(self.options, local=True)[0],
-                "wishlist_scoped": cat.SCOPED,
-                "wishlist_verifiable": cat.verifiable_query(self.schema)[0],
-                "wishlist_ledger_record": record,
-            }
-        )
-
     def _check_fingerprint(self, label: str, version: str | None, recorded: str, computed: str) -> None:
         """The live catalog equals the snapshot entry by entry: the fingerprint meta/ records for it must be its hash."""
         if recorded != computed:
@@ -512,6 +500,6 @@ class StepRunner:
             direction=step.direction,
         )
         if prepared:
-            self.prepared.execute("wishlist_ledger_record", row[1])
+            self.prepared.execute("wishlist_ledger_record", *row)
         else:
             self.conn.execute(*row)
