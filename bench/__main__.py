@@ -17,15 +17,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from bench.measure import fmt, timed
+from bench.trips import counting_round_trips
 from components.engine import catalog as cat
 from components.engine import migset
 from components.engine.connection import ConnectionSettings
@@ -46,23 +44,6 @@ def say(line: str = "") -> None:
 def row(name: str, samples: list[float], floor: list[float] | None = None, extra: str = "") -> None:
     ratio = f"{statistics.median(samples) / statistics.median(floor):6.2f}x" if floor else "      "
     say(f"| {name:<58} | {fmt(samples)} | {ratio} | {extra} |")
-
-
-@contextmanager
-def counting_round_trips() -> Iterator[list[int]]:
-    """Counts statements sent by psycopg (each execute is one round trip) in this process."""
-    counter = [0]
-    original = psycopg.Cursor.execute
-
-    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        counter[0] += 1
-        return original(self, *args, **kwargs)
-
-    psycopg.Cursor.execute = execute  # type: ignore[method-assign]
-    try:
-        yield counter
-    finally:
-        psycopg.Cursor.execute = original  # type: ignore[method-assign]
 
 
 class Bench:
@@ -93,6 +74,9 @@ class Bench:
             [self.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.dsn(db), *args], env=self.env, check=True, stdout=subprocess.DEVNULL
         )
 
+    def python(self, db: ConnectionSettings, module: str, *args: str) -> None:
+        subprocess.run([sys.executable, "-m", module, self.dsn(db), *args], cwd=REPO, env=self.env, check=True, stdout=subprocess.DEVNULL)
+
     def cli(self, db: ConnectionSettings, *args: str) -> None:
         subprocess.run(
             [sys.executable, "-m", "components.migrate", *args, "--quiet", "--dsn", self.dsn(db)],
@@ -115,18 +99,24 @@ class Bench:
         floor = timed(lambda: self.run_psql(dbs[-1], "-1", "-f", str(APP_SET / "0007_wishlist_items.sql")), self.repeat, fresh)
         row("floor: psql -1 -f 0007_wishlist_items.sql (process)", floor)
         engine = timed(lambda: Engine(dbs[-1], mset).apply(), self.repeat, fresh)
+        bare_file = str(APP_SET / "0007_wishlist_items.sql")
+        bare = timed(lambda: self.python(dbs[-1], "bench.bare_runner", bare_file), self.repeat, fresh)
         cli = timed(lambda: self.cli(dbs[-1], "apply"), self.repeat, fresh)
-        with counting_round_trips() as trips:
-            fresh()
-            Engine(dbs[-1], mset).apply()
-        # Where the time goes: one introspection, and the same apply without any verification.
         fresh()
-        Engine(dbs[-1], mset).apply()
+        with counting_round_trips(dbs[-1]) as trips:
+            Engine(trips.settings, mset).apply()
+            fresh_trips = trips.count()
+            trips.reset()
+            Engine(trips.settings, mset).apply()
+            idle_trips = trips.count()
         with dbs[-1].connect(search_path="public") as conn:
             intro = timed(lambda: cat.introspect(conn, "public"), self.repeat * 3)
-        row("engine.apply() in-process (connect, ledger, lock, verify x2)", engine, floor, f"{trips[0]} round trips")
-        row("python -m components.migrate apply (process)", cli, floor, "includes Python + psycopg start-up")
-        row("  of which: one catalog introspection", intro, None, "run twice per apply: pre-check, verify")
+        row("engine.apply() in-process (connect, ledger, lock, verify x2)", engine, floor, f"{fresh_trips} round trips after connecting")
+        idle = timed(lambda: Engine(dbs[-1], mset).apply(), self.repeat)
+        row("engine.apply() in-process, nothing to do", idle, None, f"{idle_trips} round trips after connecting")
+        row("floor 2: bare psycopg runner (process: lock, ledger, SQL in one transaction)", bare)
+        row("python -m components.migrate apply (process)", cli, bare, "ratio to floor 2; includes Python + psycopg start-up")
+        row("  of which: one catalog introspection", intro, None, "twice per apply: the pre-check, the step's verification")
         py = timed(lambda: subprocess.run([sys.executable, "-c", "import psycopg"], check=True), self.repeat)
         row("  of which: python -c 'import psycopg' (process start)", py)
 
@@ -147,9 +137,7 @@ class Bench:
             ("engine.plan()", lambda: Engine(db, mset).plan(mset.latest)),
             ("engine.verify()", lambda: Engine(db, mset).verify()),
         ):
-            with counting_round_trips() as trips:
-                fn()
-            row(name, timed(fn, self.repeat * 3), floor_in, f"{trips[0]} round trip(s) after connect")
+            row(name, timed(fn, self.repeat * 3), floor_in, f"{self.trips_of(db, name, mset)} round trip(s) after connect")
         props = provider_inputs(db, mset, stack="bench/dev")
         provider = SchemaMigrationProvider()
         outs = provider.create(props).outs
@@ -157,14 +145,19 @@ class Bench:
             ("provider.diff() (preview)", lambda: provider.diff("x", outs, props)),
             ("provider.read() (refresh)", lambda: provider.read("x", outs)),
         ):
-            with counting_round_trips() as trips:
-                fn()
-            row(name, timed(fn, self.repeat * 3), floor_in, f"{trips[0]} round trips, 1 connection")
+            row(name, timed(fn, self.repeat * 3), floor_in, "1 connection")
         floor_p = timed(lambda: self.run_psql(db, "-c", "SELECT version, checksum FROM migration_ledger.applied"), self.repeat)
         row("floor: psql -c 'SELECT ... FROM migration_ledger.applied' (process)", floor_p)
         row("python -m components.migrate status (process)", timed(lambda: self.cli(db, "status"), self.repeat), floor_p)
         row("python -m components.migrate plan (process)", timed(lambda: self.cli(db, "plan"), self.repeat), floor_p)
         row("python -m components.migrate verify (process)", timed(lambda: self.cli(db, "verify"), self.repeat), floor_p)
+
+    def trips_of(self, db: ConnectionSettings, name: str, mset: migset.MigrationSet) -> int:
+        """Round trips of one engine read-only call, through the counting proxy."""
+        with counting_round_trips(db) as trips:
+            engine = Engine(trips.settings, mset)
+            {"engine.status()": engine.status, "engine.plan()": lambda: engine.plan(mset.latest), "engine.verify()": engine.verify}[name]()
+            return trips.count()
 
     # 4
     def growth(self, sizes: list[int]) -> None:
