@@ -148,9 +148,11 @@ WITH RECURSIVE ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(
 {_EXT},
 hz AS (SELECT pg_catalog.age(%(since)s::text::xid) AS a),
 me AS (SELECT pg_catalog.pg_current_xact_id()::xid AS x),
--- the relations this transaction locked, and their row types
+-- the user relations this transaction locked for more than reading (user OIDs start at 16384), and their row types;
+-- a write elsewhere makes the counts differ (see `complete`), never goes unread
 locked AS (SELECT DISTINCT l.relation AS oid FROM pg_catalog.pg_locks l WHERE l.locktype = 'relation'
-  AND l.pid = pg_catalog.pg_backend_pid() AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database())),
+  AND l.pid = pg_catalog.pg_backend_pid() AND l.relation >= 16384 AND l.mode <> 'AccessShareLock'
+  AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database())),
 locked_types AS (SELECT c.reltype AS oid FROM locked l CROSS JOIN LATERAL (SELECT c.reltype FROM pg_catalog.pg_class c
     WHERE c.oid = l.oid OFFSET 0) c WHERE c.reltype <> 0
   UNION SELECT t.typarray FROM locked l CROSS JOIN LATERAL (SELECT t.typarray FROM pg_catalog.pg_class c
