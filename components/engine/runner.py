@@ -189,6 +189,7 @@ class StepRunner:
                 # planner then found cheaper as scans stay scans while a long run grows the catalogs (measured at N=1,000).
                 self.conn.execute("SELECT set_config('enable_seqscan', 'off', true)")
                 read = self.prepared.execute("wishlist_scoped", *cat.scoped_query(self.schema, self.verified, expected, delta))
+                self.conn.execute("RESET enable_seqscan")
             else:
                 read = self.prepared.execute("wishlist_verifiable", *cat.verifiable_query(self.schema))
             self._record(step, None, expected_fingerprint, prepared=True)
