@@ -196,23 +196,31 @@ class Bench:
             if n == sizes[-1]:
                 rss = self.cli_peak_rss(self.new_db(), set_dir)
                 row(f"N={n}: python -m components.migrate apply (process)", [rss[0]], floor, f"peak RSS {rss[1] / 1024:.0f} MiB")
-                prov = self.peak_rss([sys.executable, "-m", "bench.provider_run", self.dsn(self.new_db()), str(set_dir)])
+                prov = self.peak_rss(["bench.provider_run", self.dsn(self.new_db()), str(set_dir)])
                 row(f"N={n}: dynamic provider create + diff (process)", [prov[0]], floor, f"peak RSS {prov[1] / 1024:.0f} MiB")
             shutil.rmtree(set_dir.parent, ignore_errors=True)
 
     def cli_peak_rss(self, db: ConnectionSettings, set_dir: Path) -> tuple[float, int]:
-        """Wall time (ms) and peak RSS (KiB) of one CLI apply, from wait4 on that process alone."""
-        return self.peak_rss([sys.executable, "-m", "components.migrate", "apply", "--set", str(set_dir), "--quiet", "--dsn", self.dsn(db)])
+        """Wall time (ms) and peak RSS (KiB) of one CLI apply."""
+        return self.peak_rss(["components.migrate", "apply", "--set", str(set_dir), "--quiet", "--dsn", self.dsn(db)])
 
-    def peak_rss(self, cmd: list[str]) -> tuple[float, int]:
-        """Wall time (ms) and peak RSS (KiB) of one process, from wait4 on that process alone."""
+    def peak_rss(self, module_args: list[str]) -> tuple[float, int]:
+        """Wall time (ms) and peak RSS (KiB, the process's own VmHWM: see bench/peak.py) of `python -m MODULE ARGS`."""
+        out = Path(tempfile.mkstemp(prefix="wishlist-bench-peak-")[1])
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[:4])} exited {proc.returncode}")
-        return (time.perf_counter() - t0) * 1000, usage.ru_maxrss
+        subprocess.run(
+            [sys.executable, "-m", "bench.peak", str(out), *module_args],
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+        )
+        wall = (time.perf_counter() - t0) * 1000
+        try:
+            return wall, int(out.read_text())
+        finally:
+            out.unlink()
 
     # 5
     def latency(self, rows: int) -> None:
