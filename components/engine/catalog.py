@@ -105,12 +105,12 @@ XACT_WRITES = (
 
 def _written(table: str) -> str:
     """True when this transaction wrote `table` (a one-time filter: the plan skips what follows otherwise)."""
-    return f"(SELECT {_writes(table)}) <> (current_setting('wishlist.xact_writes')::json->>'{table}')::bigint"
+    return f"(SELECT {_writes(table)}) <> (nullif(current_setting('wishlist.xact_writes', true), '')::json->>'{table}')::bigint"
 
 
 def _inserted_or_updated(table: str) -> str:
     """Rows this transaction inserted or updated in `table` (each leaves one new row version with its xid)."""
-    return f"(({_writes(table)}) - {_deletes(table)}) - ((current_setting('wishlist.xact_writes')::json->>'{table}')::bigint - (current_setting('wishlist.xact_writes')::json->>'del:{table}')::bigint)"
+    return f"(({_writes(table)}) - {_deletes(table)}) - ((nullif(current_setting('wishlist.xact_writes', true), '')::json->>'{table}')::bigint - (nullif(current_setting('wishlist.xact_writes', true), '')::json->>'del:{table}')::bigint)"
 
 
 # Per catalog found by lock: the rows of the locked relations written since the horizon, and whether that is provably
@@ -271,6 +271,10 @@ _SCOPED_EXTRA = (
                  WHERE p.oid IN (SELECT objid FROM touched WHERE classid = 'pg_catalog.pg_proc'::regclass)) o(k, v, here)),
   'writes', """
     + XACT_WRITES
+    # the write counts this read compared with, as the transaction's setting holds them: a migration can change a
+    # setting, so scoped_result accepts the read only if they are the counts taken at BEGIN
+    + """,
+  'seen', nullif(current_setting('wishlist.xact_writes', true), '')::json"""
 )
 
 # How the body reaches the indexes and constraints of `rels`: by hash join when it holds the whole schema, by index
@@ -394,7 +398,8 @@ def scoped_result(
         delta = frozenset(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     ended = raw["writes"] or {}
     if (
-        raw["session"] != prev.session
+        raw.get("seen") != writes  # the counts the read compared with were not those taken at BEGIN (SET, RESET ALL)
+        or raw["session"] != prev.session
         or any(ended.get(f"del:{t}") != writes.get(f"del:{t}") for t in _DROPS)
         or ended.get("other") != writes.get("other")
     ):

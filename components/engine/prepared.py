@@ -58,6 +58,12 @@ class PreparedStatements:
             sql.SQL("EXECUTE {}({})").format(sql.Identifier(name), sql.SQL(", ").join(sql.Literal(v) for v in values)), prepare=False
         )
 
+    def resync(self) -> None:
+        """After statements that may have deallocated ours (DEALLOCATE, DISCARD): keep only the names the server still has."""
+        rows = self.conn.execute("SELECT name FROM pg_catalog.pg_prepared_statements").fetchall()
+        alive = {str(r[0]) for r in rows}
+        self._order = {name: order for name, order in self._order.items() if name in alive}
+
     def settle(self) -> None:
         """After the server answered (or failed): the PREPAREs that ran are kept, the others forgotten."""
         for name, (order, cursor) in self._pending.items():

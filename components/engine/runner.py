@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 LOCK_NOT_AVAILABLE = "55P03"
 # Below this many catalog entries, reading the whole schema costs less than the scoped read (measured: bench section 4).
 SCOPED_FROM = 500
+# Statements that drop prepared statements, the engine's included.
+_DROP_PREPARED = frozenset({"DeallocateStmt", "DiscardStmt"})
 # Statements PostgreSQL refuses inside a transaction block (besides CONCURRENTLY index operations).
 OUTSIDE_ONLY = frozenset({"VacuumStmt", "CreatedbStmt", "DropdbStmt", "AlterSystemStmt", "CreateTableSpaceStmt", "DropTableSpaceStmt"})
 
@@ -140,6 +142,8 @@ class StepRunner:
                         )
                 finally:
                     self.prepared.settle()
+                    if any(st.kind in _DROP_PREPARED for st in statements) and not (self.conn.closed or self.conn.broken):
+                        self.prepared.resync()  # the step may have deallocated the engine's statements
                 self.verified = proven
                 return fingerprint
             except _Failed as failed:
@@ -179,6 +183,8 @@ class StepRunner:
         t0 = time.monotonic()
         timeouts = self.prepared.execute("wishlist_timeouts", *timeouts_query(self.options, local=True))
         sent = [self.conn.cursor() for _ in statements]  # made first: an error may surface while the next one is sent
+        # A statement that may deallocate the engine's prepared statements: the rest of this step's queries go unprepared.
+        direct = any(st.kind in _DROP_PREPARED for st in statements)
         scoped = self.verified is not None and not full and len(self.verified.catalog) >= SCOPED_FROM
         try:
             for cursor, stmt in zip(sent, statements, strict=True):
@@ -188,18 +194,26 @@ class StepRunner:
                 # Its plan is made once per connection, often while the schema is still small: without this, lookups the
                 # planner then found cheaper as scans stay scans while a long run grows the catalogs (measured at N=1,000).
                 self.conn.execute("SELECT set_config('enable_seqscan', 'off', true)")
-                read = self.prepared.execute("wishlist_scoped", *cat.scoped_query(self.schema, self.verified, expected, delta))
+                read = self._query("wishlist_scoped", *cat.scoped_query(self.schema, self.verified, expected, delta), direct=direct)
                 self.conn.execute("RESET enable_seqscan")
             else:
-                read = self.prepared.execute("wishlist_verifiable", *cat.verifiable_query(self.schema))
-            self._record(step, None, expected_fingerprint, prepared=True)
+                read = self._query("wishlist_verifiable", *cat.verifiable_query(self.schema), direct=direct)
+            self._record(step, None, expected_fingerprint, prepared=not direct)
             pipe.sync()
         except psycopg.Error as exc:
             # The first statement without a result is the one that failed (those after it were skipped by the server).
             failed = next((i for i, cur in enumerate(sent) if cur.pgresult is None), None)
             if timeouts.pgresult is not None and failed is not None:
                 raise _Failed(exc, failed + 1, statements[failed]) from None
-            raise
+            if isinstance(exc, psycopg.OperationalError) and not sqlstate(exc):
+                raise  # the connection broke: nothing was committed, said by the caller
+            # Every statement ran; the engine's own query in the step failed (its timeouts, verifying read or ledger row).
+            raise StatementFailed(
+                f"{label}: every statement ran, but the engine's own query in the step failed ({first_line(exc, self.settings)} "
+                f"[SQLSTATE {sqlstate(exc) or '?'}]); the migration was rolled back, the ledger is unchanged.",
+                "if a statement of the migration changes sessions settings or prepared statements (RESET ALL, DEALLOCATE ALL, "
+                "DISCARD), move it out; otherwise run apply again and report this with the error.",
+            ) from None
         self.progress(
             f"{label}: statements 1-{len(statements)}, the verifying read and the ledger row in one round trip, "
             f"{1000 * (time.monotonic() - t0):.1f} ms"
@@ -441,6 +455,9 @@ class StepRunner:
             f"{'?' if since is None else f'{since:%H:%M:%S}'}, query: {mask_dsn(query or '')})"
             for pid, app, state, since, query in rows
         )
+
+    def _query(self, name: str, query: str, params: dict[str, Any], *, direct: bool) -> psycopg.Cursor[Any]:
+        return self.conn.execute(query, params, prepare=False) if direct else self.prepared.execute(name, query, params)
 
     def _check_fingerprint(self, label: str, version: str | None, recorded: str, computed: str) -> None:
         """The live catalog equals the snapshot entry by entry: the fingerprint meta/ records for it must be its hash."""

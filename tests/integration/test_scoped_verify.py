@@ -193,3 +193,27 @@ def test_a_catalog_write_that_takes_no_lock_on_the_table_it_changes_is_still_cau
     finally:
         pg_cluster.superuser_psql(f"REASSIGN OWNED BY {role} TO {admin.user}; DROP OWNED BY {role}", dbname=fresh_db.dbname)
         pg_cluster.superuser_psql(f"DROP ROLE {role}")
+
+
+def test_a_migration_that_forges_the_write_counts_is_still_rolled_back(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    """The counts the scoped read compares with live in a setting of the transaction, which the migration can set."""
+    middle = BASE["0009"] + "ALTER TABLE a ALTER COLUMN note SET NOT NULL;\nSELECT set_config('wishlist.xact_writes', '{}', true);\n"
+    mset = _set(set_copy, admin, middle)
+    with pytest.raises(VerifyFailed, match=re.escape("column a.note differs")) as failure:
+        Engine(fresh_db, mset).apply()
+    assert "0009" in str(failure.value) and "rolled back" in str(failure.value)
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008"]
+
+
+@pytest.mark.parametrize("extra", ["RESET ALL;", "DEALLOCATE ALL;", "DEALLOCATE PREPARE ALL;"])
+def test_a_migration_that_resets_the_session_still_applies_and_verifies(
+    extra: str, fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    """Settings and prepared statements of the engine's session may be reset by a migration: the run must still verify
+    each step (and the next steps still run)."""
+    mset = _set(set_copy, admin, BASE["0009"] + extra + "\n")
+    result = Engine(fresh_db, mset).apply()
+    assert [r["version"] for r in result.ran] == ["0007", "0008", "0009", "0010"]
+    assert Engine(fresh_db, mset).verify().ok
