@@ -22,7 +22,7 @@ from typing import Any
 
 from psycopg import sql
 
-from bench.measure import fmt, timed
+from bench.measure import COUNTS, GOALS, fmt, goal, timed
 from bench.trips import counting_round_trips
 from components.engine import catalog as cat
 from components.engine import migset
@@ -34,6 +34,18 @@ from devtools import localpg
 REPO = Path(__file__).resolve().parent.parent
 APP_SET = REPO / "migrations" / "app"
 OUT: list[str] = []
+
+
+def say_goals() -> None:
+    say("\n## Issue #14 goals, against floors measured in this run\n")
+    say("| goal | floor | floor ms | measured ms | ratio | target | met |\n|---|---|---|---|---|---|---|")
+    for name, floor_name, floor, measured, target in GOALS:
+        ratio = measured / floor
+        say(
+            f"| {name} | {floor_name} | {floor:.1f} | {measured:.1f} | {ratio:.2f}x | <= {target}x | {'yes' if ratio <= target else 'no'} |"
+        )
+    for name, count, most in COUNTS:
+        say(f"| {name} | | | {count} round trips | | <= {most} | {'yes' if count <= most else 'no'} |")
 
 
 def say(line: str = "") -> None:
@@ -114,8 +126,10 @@ class Bench:
         row("engine.apply() in-process (connect, ledger, lock, verify x2)", engine, floor, f"{fresh_trips} round trips after connecting")
         idle = timed(lambda: Engine(dbs[-1], mset).apply(), self.repeat)
         row("engine.apply() in-process, nothing to do", idle, None, f"{idle_trips} round trips after connecting")
+        COUNTS.extend([("fresh apply of the wishlist migration", fresh_trips, 12), ("apply with nothing to do", idle_trips, 2)])
         row("floor 2: bare psycopg runner (process: lock, ledger, SQL in one transaction)", bare)
         row("python -m components.migrate apply (process)", cli, bare, "ratio to floor 2; includes Python + psycopg start-up")
+        goal("one migration, whole process", "bare psycopg runner", bare, cli, 1.1)
         row("  of which: one catalog introspection", intro, None, "twice per apply: the pre-check, the step's verification")
         py = timed(lambda: subprocess.run([sys.executable, "-c", "import psycopg"], check=True), self.repeat)
         row("  of which: python -c 'import psycopg' (process start)", py)
@@ -186,6 +200,9 @@ class Bench:
             row(f"N={n}: floor psql -f (one transaction per file)", floor)
             growth = f"; {per[n] / per[sizes[0]]:.2f}x the per-migration cost at N={sizes[0]}" if n != sizes[0] else ""
             row(f"N={n}: engine.apply() (lock, verify after each)", apply, floor, f"per migration {per[n]:.1f} ms{growth}")
+            if n == 1000:
+                goal("N=1,000 apply, verified after each", "psql, one transaction per file", floor, apply, 1.5)
+                goal("cost per migration at N=1,000", f"per migration at N={sizes[0]}", [per[sizes[0]]], [per[n]], 1.2)
             plan = timed(lambda: Engine(dbs[-1], mset).plan(mset.latest), self.repeat)
             row(f"N={n}: engine.plan() up to date (set loaded)", plan, None, "")
             load = timed(lambda: migset.load(set_dir), max(1, reps))
@@ -355,6 +372,8 @@ def main() -> int:
             bench.end_to_end()
         if "8" in only:
             bench.daily_loop()
+        if GOALS:
+            say_goals()
     finally:
         bench.close()
     out = REPO / "bench" / "results" / "latest.md"

@@ -12,7 +12,7 @@ from typing import Any
 
 from psycopg import sql
 
-from bench.measure import fmt
+from bench.measure import fmt, goal
 from devtools.pulumi_project import ROLES, Project, dev_project, pulumi_bin, pulumi_env
 
 
@@ -51,6 +51,7 @@ def run_e2e(bench: Any, repeat: int) -> Iterator[str]:
             ours = _time(project, verb, repeat)
             yield f"| floor: pulumi {' '.join(verb)} on a stack with no resources | {fmt(floor)} | |"
             yield f"| pulumi {' '.join(verb)}, dev stack, nothing to do (16 resources) | {fmt(ours)} | {sorted(ours)[len(ours) // 2] / sorted(floor)[len(floor) // 2]:.2f}x |"
+            goal(f"pulumi {verb[0]} with nothing to do", "the same on an empty stack", floor, ours, 1.5)
         project.run("destroy", "--yes")
     finally:
         with bench.admin.connect() as conn:
