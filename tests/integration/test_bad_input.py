@@ -212,6 +212,21 @@ def test_identifiers_with_quotes_and_sql_are_quoted_not_executed(fresh_db: Conne
     )
 
 
+@pytest.mark.parametrize("nasty", ["$wishlist$", "x$wishlist$; DROP TABLE canary_s.canary; --", "$wishlist_$'"])
+def test_a_ledger_schema_name_cannot_close_the_quote_of_the_statement_that_creates_it(
+    nasty: str, fresh_db: ConnectionSettings, set_copy: Path
+) -> None:
+    """The ledger is created by one statement whose DO block is dollar-quoted: the name is a literal inside it."""
+    with fresh_db.connect() as conn:
+        conn.execute("CREATE SCHEMA canary_s; CREATE TABLE canary_s.canary (id int)")
+    engine = Engine(fresh_db, migset.load(set_copy), RunOptions(ledger_schema=nasty))
+    engine.apply()
+    assert q(
+        fresh_db, "SELECT to_regclass('canary_s.canary') IS NOT NULL, (SELECT count(*) FROM pg_namespace WHERE nspname = %s)", (nasty,)
+    ) == [(True, 1)]
+    assert engine.verify().ok
+
+
 def test_cli_errors_are_one_line_and_mask_passwords(fresh_db: ConnectionSettings) -> None:
     env = {**os.environ, "PGPASSWORD": ""}
     proc = subprocess.run(
