@@ -12,17 +12,19 @@ import sys
 import uuid
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, Resource, ResourceProvider, UpdateResult
 
 from .engine import migset
 from .engine.connection import ConnectionSettings, mask_dsn
-from .engine.engine import Engine, RunResult
 from .engine.errors import ChecksumMismatch, ConnectFailed, ImportUnsupported, MigrationError
 from .engine.options import RunOptions
 from .engine.planner import Gate, parse_target, target_prop
+
+if TYPE_CHECKING:  # the engine (and psycopg) load in the provider's process only, not in the Pulumi program's
+    from .engine.engine import Engine, RunResult
 
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN, kept literal to avoid importing rpc
 OUTPUT_KEYS = ("applied_version", "applied", "fingerprint", "drift", "database_identity")
@@ -167,6 +169,8 @@ class SchemaMigrationProvider(ResourceProvider):
         )
 
     def engine(self, args: SchemaMigrationArgs, props: dict[str, Any]) -> Engine:
+        from .engine.engine import Engine
+
         return Engine(self.settings(args), load_set(args, props), args.options, gate=gate_from(props.get("gate")), progress=_log)
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
@@ -290,6 +294,8 @@ class SchemaMigrationProvider(ResourceProvider):
             plan, report = engine.observe(engine.mset.latest)
         except MigrationError as exc:
             raise _fail(exc) from None
+        from .engine.engine import RunResult
+
         outs = _outputs(props, RunResult(plan.current, [], report.fingerprint, plan.ledger), [d.describe() for d in report.differences])
         return ReadResult(id_=id_, outs=outs, inputs={k: props.get(k) for k in input_keys()})
 

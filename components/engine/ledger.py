@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
+from .options import DEFAULT_LEDGER_SCHEMA  # noqa: F401  (re-exported)
+
 if TYPE_CHECKING:
     import psycopg
 
-DEFAULT_LEDGER_SCHEMA = "migration_ledger"
 STARTED = "started"  # a non-transactional migration that has not finished (up or down)
 APPLIED = "applied"
 LEDGER_FORMAT = 2  # 2: progress of a run outside a transaction (statements_done, done_digest, direction); owner.resource_id

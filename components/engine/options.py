@@ -6,7 +6,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import UsageError
-from .ledger import DEFAULT_LEDGER_SCHEMA
+
+DEFAULT_LEDGER_SCHEMA = "migration_ledger"  # here, not in ledger.py: the Pulumi program reads it without importing psycopg
 
 # The sane range of each number, checked once for every caller (stack config, CLI flags, provider inputs).
 LIMITS = {

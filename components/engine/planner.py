@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ChecksumMismatch, IncompleteMigration, OutOfOrder, PromotionBlocked, SetError, UnknownVersion, WrongDatabase
 from .impact import StatementImpact
-from .ledger import LedgerState
 from .lint import Finding
 from .migset import Migration, MigrationSet
 from .sqltext import Statement
+
+if TYPE_CHECKING:
+    from .ledger import LedgerState  # psycopg: not imported by the Pulumi program, which plans nothing
 
 LATEST = "latest"
 ZERO_WORDS = ("0", "none", "zero")
