@@ -207,11 +207,13 @@ class StepRunner:
                 raise _Failed(exc, failed + 1, statements[failed]) from None
             if isinstance(exc, psycopg.OperationalError) and not sqlstate(exc):
                 raise  # the connection broke: nothing was committed, said by the caller
-            # Every statement ran; the engine's own query in the step failed (its timeouts, verifying read or ledger row).
+            # The engine's own query in the step failed: its timeouts (before any statement), or its verifying read or
+            # ledger row (after all of them). Raised inside the transaction, which rolls back on the way out.
+            when = "before its first statement ran" if timeouts.pgresult is None else "after every statement ran"
             raise StatementFailed(
-                f"{label}: every statement ran, but the engine's own query in the step failed ({first_line(exc, self.settings)} "
+                f"{label}: the engine's own query in the step failed {when} ({first_line(exc, self.settings)} "
                 f"[SQLSTATE {sqlstate(exc) or '?'}]); the migration was rolled back, the ledger is unchanged.",
-                "if a statement of the migration changes sessions settings or prepared statements (RESET ALL, DEALLOCATE ALL, "
+                "if a statement of the migration changes session settings or prepared statements (RESET ALL, DEALLOCATE ALL, "
                 "DISCARD), move it out; otherwise run apply again and report this with the error.",
             ) from None
         self.progress(

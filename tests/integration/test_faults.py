@@ -227,3 +227,30 @@ def _catch(errors: list[BaseException], fn: Any) -> None:
         fn()
     except BaseException as exc:
         errors.append(exc)
+
+
+@pytest.mark.parametrize("where", ["timeouts", "ledger row"])
+def test_a_failure_of_the_engines_own_query_in_a_step_says_when_and_rolls_back(
+    where: str, fresh_db: ConnectionSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step's pipeline holds the engine's queries around the migration's statements: a failure there must say
+    whether any statement had run, and nothing may be committed."""
+    from components.engine import runner
+
+    if where == "timeouts":
+        monkeypatch.setattr(runner, "timeouts_query", lambda options, local: ("SELECT 1 / 0 AS w", ()))
+        expected = "before its first statement ran"
+    else:
+        real = runner.Ledger.record_statement
+
+        def bad_status(self: Any, **row: Any) -> Any:  # the ledger's CHECK (status IN ('applied', 'started')) refuses it
+            return real(self, **{**row, "status": "sideways"})
+
+        monkeypatch.setattr(runner.Ledger, "record_statement", bad_status)
+        expected = "after every statement ran"
+    with pytest.raises(StatementFailed, match=expected) as failure:
+        Engine(fresh_db, migset.load(APP_SET)).apply()
+    assert "rolled back, the ledger is unchanged" in str(failure.value)
+    with fresh_db.connect() as conn:
+        assert conn.execute("SELECT to_regclass('wishlist_items'), to_regtype('wishlist_store')").fetchone() == (None, None)
+        assert conn.execute("SELECT count(*) FROM migration_ledger.applied").fetchone() == (0,)
