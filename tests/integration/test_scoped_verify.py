@@ -108,6 +108,47 @@ TAMPERED = {
         "ALTER TABLE e RENAME TO b; ALTER INDEX e_pkey RENAME TO b_pkey;",
         "table e is missing",
     ),
+    # Tried against the lookup by lock (session 3): each writes somewhere the step's own locks may not lead to.
+    "alters another table through a SECURITY DEFINER function": (
+        "CREATE FUNCTION sneak() RETURNS void LANGUAGE plpgsql SECURITY DEFINER AS $$ BEGIN"
+        " EXECUTE 'ALTER TABLE a ALTER COLUMN note SET NOT NULL'; END $$; SELECT sneak(); DROP FUNCTION sneak();",
+        "column a.note differs",
+    ),
+    "alters another table from a trigger fired by an insert": (
+        "CREATE FUNCTION trg() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " EXECUTE 'ALTER TABLE e ALTER COLUMN note SET DEFAULT ''z'''; RETURN NEW; END $$;"
+        " CREATE TRIGGER t BEFORE INSERT ON b FOR EACH ROW EXECUTE FUNCTION trg(); INSERT INTO b VALUES (1);"
+        " DROP TRIGGER t ON b; DROP FUNCTION trg();",
+        "column e.note differs",
+    ),
+    "creates and drops a table, then changes another": (
+        "CREATE TABLE tmp1 (i int); DROP TABLE tmp1; ALTER TABLE a ALTER COLUMN note SET NOT NULL;",
+        "column a.note differs",
+    ),
+    "locks many tables and changes one": (
+        "LOCK TABLE a, c, e IN SHARE MODE; ALTER TABLE c ALTER COLUMN a_id SET NOT NULL;",
+        "column c.a_id differs",
+    ),
+    "alters another table in a subtransaction that commits": (
+        "DO $$ BEGIN BEGIN ALTER TABLE a ALTER COLUMN note SET NOT NULL; EXCEPTION WHEN others THEN NULL; END; END $$;",
+        "column a.note differs",
+    ),
+    "adds a sequence owned by another table's column": (
+        "CREATE SEQUENCE s1; ALTER SEQUENCE s1 OWNED BY a.note;",
+        "sequence s1 is not expected",
+    ),
+    "adds a partitioned table": (
+        "CREATE TABLE p (k int) PARTITION BY RANGE (k); CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10);",
+        "table p is not expected",
+    ),
+    "adds a column of a domain type to another table": (
+        "CREATE DOMAIN dd AS int DEFAULT 3; ALTER TABLE a ADD COLUMN q dd;",
+        "column a.q is not expected",
+    ),
+    "creates a temporary table and changes another": (
+        "CREATE TEMP TABLE tt (i int); ALTER TABLE a ALTER COLUMN note SET NOT NULL;",
+        "column a.note differs",
+    ),
 }
 
 
