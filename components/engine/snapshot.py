@@ -10,9 +10,9 @@ from psycopg import sql
 
 from . import catalog as cat
 from .connection import ConnectionSettings
-from .errors import SetError, StatementFailed
-from .migset import NO_TRANSACTION, MigrationSet, file_statements, scan, sha256_hex, write_meta
-from .sqltext import header_markers
+from .errors import DatabaseError, SetError, StatementFailed
+from .migset import NO_TRANSACTION, MigrationSet, ScannedFile, file_statements, scan, sha256_hex, write_meta
+from .sqltext import Statement, header_markers
 from .trace import StatementTrace, Trace, trace_in_transaction, trace_outside_transaction
 
 
@@ -49,8 +49,6 @@ def replay(settings: ConnectionSettings, mset: MigrationSet) -> list[str]:
 def build(settings: ConnectionSettings, directory: Path, schema: str) -> tuple[dict[str, cat.Catalog], dict[str, Trace]]:
     """The catalog after each version and the lock trace of each statement, from applying every file in order to a new
     database. Needs CREATEDB."""
-    import psycopg
-
     files = scan(directory)
     if not files:
         raise SetError(f"{directory} holds no NNNN_name.sql file.", "add the first migration, then run snapshot again.")
@@ -65,32 +63,65 @@ def build(settings: ConnectionSettings, directory: Path, schema: str) -> tuple[d
     with settings.connect(autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
     try:
-        snapshots: dict[str, cat.Catalog] = {}
-        traces: dict[str, Trace] = {}
-        scratch_settings = settings.with_database(scratch)
-        with scratch_settings.connect(autocommit=True, search_path=schema) as conn:
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            for f, transactional, statements in parsed:
-                measured: list[StatementTrace] = []
-                try:
-                    if transactional:
-                        with conn.transaction():
-                            measured = [trace_in_transaction(conn, schema, stmt) for stmt in statements]
-                    else:
-                        for stmt in statements:
-                            try:  # each statement commits on its own: measured in a block of its own when it allows one
-                                with conn.transaction():
-                                    measured.append(trace_in_transaction(conn, schema, stmt))
-                            except psycopg.errors.ActiveSqlTransaction:
-                                measured.append(trace_outside_transaction(conn, scratch_settings, schema, stmt))
-                except Exception as exc:
-                    raise StatementFailed(
-                        f"{f.up} does not apply on a fresh database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}.",
-                        "fix the SQL and run snapshot again.",
-                    ) from None
-                snapshots[f.version] = cat.introspect(conn, schema)
-                traces[f.version] = Trace(f.version, sha256_hex(f.up.read_bytes()), tuple(measured))
-        return snapshots, traces
-    finally:
-        with settings.connect(autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
+        built = _apply_each(settings.with_database(scratch), schema, parsed)
+    except BaseException as exc:
+        _drop_scratch(settings, scratch, failed=exc)
+        raise
+    _drop_scratch(settings, scratch, failed=None)
+    return built
+
+
+def _apply_each(
+    scratch_settings: ConnectionSettings, schema: str, parsed: list[tuple[ScannedFile, bool, list[Statement]]]
+) -> tuple[dict[str, cat.Catalog], dict[str, Trace]]:
+    """Apply the parsed files in order to the scratch database: the catalog after each, the lock trace of each statement."""
+    import psycopg
+
+    snapshots: dict[str, cat.Catalog] = {}
+    traces: dict[str, Trace] = {}
+    with scratch_settings.connect(autocommit=True, search_path=schema) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        for f, transactional, statements in parsed:
+            measured: list[StatementTrace] = []
+            try:
+                if transactional:
+                    with conn.transaction():
+                        measured = [trace_in_transaction(conn, schema, stmt) for stmt in statements]
+                else:
+                    for stmt in statements:
+                        try:  # each statement commits on its own: measured in a block of its own when it allows one
+                            with conn.transaction():
+                                measured.append(trace_in_transaction(conn, schema, stmt))
+                        except psycopg.errors.ActiveSqlTransaction:
+                            measured.append(trace_outside_transaction(conn, scratch_settings, schema, stmt))
+            except Exception as exc:
+                raise StatementFailed(
+                    f"{f.up} does not apply on a fresh database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}.",
+                    "fix the SQL and run snapshot again.",
+                ) from None
+            snapshots[f.version] = cat.introspect(conn, schema)
+            traces[f.version] = Trace(f.version, sha256_hex(f.up.read_bytes()), tuple(measured))
+    return snapshots, traces
+
+
+def _drop_scratch(settings: ConnectionSettings, scratch: str, *, failed: BaseException | None) -> None:
+    """Drop the scratch database. A plain DROP first: it ends autovacuum workers itself and waits up to 5 s for other
+    sessions, where FORCE refuses outright when one of them (an autovacuum worker, another role) may not be signalled
+    by a non-superuser. FORCE second, for our own sessions still exiting. If both fail, say what was left."""
+    import psycopg
+
+    name = sql.Identifier(scratch)
+    reason = ""
+    with settings.connect(autocommit=True) as admin:
+        for statement in (sql.SQL("DROP DATABASE IF EXISTS {}"), sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")):
+            try:
+                admin.execute(statement.format(name))
+                return
+            except (psycopg.errors.ObjectInUse, psycopg.errors.InsufficientPrivilege) as exc:
+                reason = str(exc).strip().splitlines()[0]
+    before = f"{failed} Then " if isinstance(failed, Exception) else ""
+    raise DatabaseError(
+        f"{before}the scratch database {scratch} could not be dropped ({reason}); nothing was written to meta/.",
+        f"see who holds it (SELECT pid, usename, application_name FROM pg_stat_activity WHERE datname = '{scratch}'), "
+        f"end those sessions, DROP DATABASE {scratch}; then run snapshot again.",
+    ) from failed

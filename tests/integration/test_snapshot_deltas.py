@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from components.engine.connection import ConnectionSettings
 from components.engine.engine import Engine
 from components.engine.errors import ChecksumMismatch, SetError
 from components.engine.snapshot import generate, replay
+from devtools import localpg
 from tests.integration.test_wishlist_items_migration import ledger_rows
 
 STEPS = {
@@ -100,3 +103,47 @@ def test_a_delta_must_follow_the_version_before_it(set_copy: Path, admin: Connec
     _rejournal(set_copy, "0010")
     with pytest.raises(SetError, match="holds the changes since version 0008, but the version before it is 0009"):
         migset.load(set_copy)
+
+
+def test_a_scratch_database_that_cannot_be_dropped_is_named_and_meta_is_left_untouched(
+    set_copy: Path, admin: ConnectionSettings, pg_cluster: localpg.Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshot drops its scratch database at the end. A session the admin may not end (here the bootstrap
+    superuser's) holds it open: the error names the database, says meta/ was not written and how to clean up."""
+    import psycopg
+
+    from components.engine import snapshot
+    from components.engine.errors import DatabaseError
+
+    monkeypatch.setattr(snapshot.secrets, "token_hex", lambda n: "feedbeef")
+    scratch = "wishlist_snapshot_feedbeef"
+    before = (set_copy / "meta/_journal.json").read_bytes()
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:  # connect as the superuser as soon as the scratch database exists, stay until released
+        while not release.is_set():
+            try:
+                with psycopg.connect(host=str(pg_cluster.socket_dir), port=pg_cluster.port, user="postgres", dbname=scratch):
+                    held.set()
+                    release.wait(60)
+                    return
+            except psycopg.OperationalError:
+                time.sleep(0.01)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    (set_copy / "0008_step.sql").write_text("SELECT pg_sleep(1);\n" + STEPS["0008"])
+    (set_copy / "0008_step.down.sql").write_text(DOWNS["0008"])
+    try:
+        with pytest.raises(DatabaseError) as caught:
+            generate(admin, set_copy)
+    finally:
+        release.set()
+        holder.join(10)
+    assert held.is_set()
+    message = str(caught.value)
+    assert scratch in message and "nothing was written to meta/" in message, message
+    assert "DROP DATABASE" in message and "pg_stat_activity" in message, message
+    assert (set_copy / "meta/_journal.json").read_bytes() == before
+    pg_cluster.superuser_psql(f'DROP DATABASE IF EXISTS "{scratch}"')
