@@ -11,6 +11,7 @@ import pytest
 
 from components.engine.connection import ConnectionSettings
 from devtools import localpg
+from tests.dbs import drop_database
 
 REPO = Path(__file__).resolve().parent.parent
 APP_SET = REPO / "migrations" / "app"
@@ -56,8 +57,7 @@ def fresh_db(admin: ConnectionSettings, pg_cluster: localpg.Cluster) -> Iterator
         yield admin.with_database(name)
     finally:
         try:
-            with admin.connect() as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            drop_database(admin, name)
         except psycopg.errors.InsufficientPrivilege:
             # A session of another role (a test's role, a subprocess applier still exiting) is connected: only a
             # superuser may end it. The name is ours (t_ + hex), so it needs no quoting beyond the double quotes.

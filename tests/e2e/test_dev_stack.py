@@ -20,6 +20,7 @@ from components.engine.snapshot import generate
 from devtools import localpg
 from devtools.pulumi_project import ROLES, Project, dev_project
 from tests.conftest import REPO
+from tests.dbs import drop_database
 from tests.integration.test_wishlist_items_migration import (
     CURRENCY_LABELS,
     EXPECTED_COLUMNS,
@@ -74,8 +75,8 @@ def stack(pg_cluster: localpg.Cluster, admin: ConnectionSettings, tmp_path_facto
     finally:
         (root / "pulumi-commands.log").write_text("\n".join(s.log))
         s.run("destroy", "--yes", check=False)
+        drop_database(admin, dbname)
         with admin.connect() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
             for role in ROLES:
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 

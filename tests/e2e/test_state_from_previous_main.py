@@ -14,6 +14,7 @@ from psycopg import sql
 from components.engine.connection import ConnectionSettings
 from devtools import localpg
 from devtools.pulumi_project import PROJECT_FILES, REPO, ROLES, copy_project, dev_project
+from tests.dbs import drop_database
 from tests.integration.test_wishlist_items_migration import q
 
 PREVIOUS_MAIN = "f2cfa51"  # the last main before RunOptions, migrate_to and the password-free provider inputs
@@ -60,7 +61,7 @@ def test_a_state_written_by_the_previous_main_previews_and_updates(
         assert q(db, "SELECT to_regclass('wishlist_items')") == [(None,)]
     finally:
         project.run("destroy", "--yes", check=False)
+        drop_database(admin, dbname)
         with admin.connect() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
             for role in ROLES:
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

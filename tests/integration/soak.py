@@ -31,6 +31,7 @@ from components.engine.options import RunOptions
 from components.engine.snapshot import generate
 from devtools import localpg
 from tests.conftest import REPO
+from tests.dbs import drop_database
 from tests.integration.reliability import SOAK as TALLY
 
 ROWS = 3000
@@ -490,8 +491,8 @@ class Runner:
             m.write(self.set_dir)
         generate(self.admin, self.set_dir)
         self.mset = migset.load(self.set_dir)
+        drop_database(self.admin, self.db.dbname)
         with self.admin.connect() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db.dbname)))
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.db.dbname)))
         try:
             Engine(self.db, self.mset).apply(self.s.base)
@@ -502,8 +503,7 @@ class Runner:
         finally:
             if not self.cluster.running():
                 self.cluster.start()
-            with self.admin.connect() as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db.dbname)))
+            drop_database(self.admin, self.db.dbname)
         TALLY["schedules run"] += 1
         TALLY["failures found"] += len(self.result.failures)
         return self.result

@@ -27,6 +27,7 @@ from components.engine.options import RunOptions
 from components.engine.snapshot import generate
 from devtools import localpg
 from tests.conftest import REPO
+from tests.dbs import drop_database
 from tests.integration.reliability import record
 from tests.integration.test_engine_safety import cli_process
 from tests.integration.test_wishlist_items_migration import ledger_rows, q
@@ -173,8 +174,8 @@ def test_server_that_never_answers_is_bounded_by_connect_timeout(silent_listener
 def test_hot_standby_is_refused_before_any_write(pg_cluster: localpg.Cluster, admin: ConnectionSettings, set_copy: Path) -> None:
     """A real streaming replica made with pg_basebackup; migrations must go to the primary."""
     pg_cluster.superuser_psql("SELECT 1")  # the primary is up
+    drop_database(admin, "standby_src")
     with admin.connect() as conn:
-        conn.execute("DROP DATABASE IF EXISTS standby_src WITH (FORCE)")
         conn.execute("CREATE DATABASE standby_src")
     replica_root = Path(tempfile.mkdtemp(prefix="wishlist-replica-"))  # reachable by the postgres user
     replica = localpg.Cluster(replica_root, localpg.free_port(), pg_cluster.admin_password)

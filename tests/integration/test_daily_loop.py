@@ -21,6 +21,7 @@ from components.engine.engine import Engine
 from components.engine.snapshot import generate
 from devtools import localpg
 from tests.conftest import APP_SET, REPO
+from tests.dbs import drop_database
 from tests.unit.test_new_migration import DRIZZLE
 
 PRICE_ALERTS = "CREATE TABLE wishlist_price_alerts (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), target numeric(10,2) NOT NULL);\n"
@@ -165,8 +166,7 @@ def test_a_drizzle_file_round_trips_through_us(set_copy: Path, admin: Connection
         with theirs_db.connect() as conn:
             through_drizzle = cat.introspect(conn, "public")
     finally:
-        with admin.connect(autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(admin, name)
     assert cat.compare(through_drizzle, through_us) == []
     assert cat.fingerprint(through_us) == migset.load(set_copy).get("0008").fingerprint
     ours.migrate_to("0007", allow_rollback=True, allow_forward=False)  # the reviewed skeleton undoes all of it

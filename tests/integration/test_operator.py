@@ -17,6 +17,7 @@ from components.engine.errors import PromotionBlocked, VerifyFailed, WrongDataba
 from components.engine.options import RunOptions
 from components.engine.planner import Gate
 from tests.conftest import APP_SET
+from tests.dbs import drop_database
 from tests.integration.test_wishlist_items_migration import ledger_rows, q
 
 UP_SQL = (APP_SET / "0007_wishlist_items.sql").read_text()
@@ -25,8 +26,8 @@ UP_SQL = (APP_SET / "0007_wishlist_items.sql").read_text()
 @pytest.fixture
 def second_db(admin: ConnectionSettings) -> ConnectionSettings:
     name = "stand_in_prod"
+    drop_database(admin, name)
     with admin.connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return admin.with_database(name)
 
