@@ -170,7 +170,9 @@ def _engine(args: argparse.Namespace, *, writes: bool = False) -> Engine:
     if args.stack is not None:
         _refuse_weaker(base, given, args.stack)
     options = replace(base, **given)
-    return Engine(ConnectionSettings.from_dsn(args.dsn), migset.load(Path(args.set_dir)), options, gate=gate, progress=progress)
+    # Not parsed at load: the plan parses the files it will run (all of them before any runs), an up-to-date run none.
+    mset = migset.load(Path(args.set_dir), parse=False)
+    return Engine(ConnectionSettings.from_dsn(args.dsn), mset, options, gate=gate, progress=progress)
 
 
 def _refuse_weaker(rules: RunOptions, flags: dict[str, Any], stack: str) -> None:

@@ -217,6 +217,12 @@ class SchemaMigrationProvider(ResourceProvider):
             target = int(args.target_version or 0)
             applied = {r["version"] for r in olds.get("applied") or []}
             pending = [m["version"] for m in news.get("migrations") or [] if m["version"] not in applied and int(m["version"]) <= target]
+            try:  # what the plan would parse: a bad pending file still fails the preview, naming it
+                for m in engine.mset.migrations:
+                    if m.version in pending:
+                        m.statements()
+            except MigrationError as bad:
+                raise _fail(bad) from None
             _log_pending_sql(args, pending)
             return DiffResult(changes=inputs_changed or bool(pending))
         except MigrationError as exc:
@@ -315,7 +321,7 @@ def _log_sql(label: str, text: str) -> None:
 def _log_pending_sql(args: SchemaMigrationArgs, versions: list[str]) -> None:
     """Without a database, the SQL of the versions the state does not list as applied, read from the set on disk."""
     try:
-        mset = migset.load(Path(args.set_dir))
+        mset = migset.load(Path(args.set_dir), parse=False)  # shown as written: the text needs no parse
     except MigrationError as exc:
         _log(f"the pending SQL cannot be shown: {exc.problem}")
         return
@@ -324,9 +330,16 @@ def _log_pending_sql(args: SchemaMigrationArgs, versions: list[str]) -> None:
             _log_sql(m.label, m.up_sql)
 
 
+def declared_set(args: SchemaMigrationArgs) -> migset.MigrationSet:
+    """The set as the program declares it: a malformed journal or an edited file fails here, at preview, naming the
+    file. Not parsed (the program runs twice per `pulumi up`): the provider's plan parses the pending files."""
+    return migset.load(Path(args.set_dir), parse=False)
+
+
 def load_set(args: SchemaMigrationArgs, props: dict[str, Any]) -> migset.MigrationSet:
-    """The set on disk, which must be exactly what the program saw (what was previewed is what runs)."""
-    mset = migset.load(Path(args.set_dir))
+    """The set on disk, which must be exactly what the program saw (what was previewed is what runs). Not parsed here:
+    the plan parses the files it will run, before any runs."""
+    mset = migset.load(Path(args.set_dir), parse=False)
     declared = {m["version"]: m["checksum"] for m in props.get("migrations") or []}
     on_disk = {m.version: m.checksum for m in mset.migrations}
     if declared and declared != on_disk:
@@ -382,6 +395,6 @@ class SchemaMigration(Resource, module="db", name="SchemaMigration"):
     expected_fingerprint: pulumi.Output[str]
 
     def __init__(self, name: str, args: SchemaMigrationArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        mset = migset.load(Path(args.set_dir))  # a malformed or edited set fails here, at preview, naming the file
+        mset = declared_set(args)
         props = {**args.to_props(mset), **{k: None for k in OUTPUT_KEYS}}
         super().__init__(SchemaMigrationProvider(), name, props, opts)

@@ -365,8 +365,13 @@ def _load_trace(path: Path, entry: dict[str, Any], set_dir: Path) -> Trace:
     return trace
 
 
-def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationSet:
-    """Load and check a set: every file must match the journal, every journal entry must have its file."""
+def load(directory: Path | str, *, require_snapshots: bool = True, parse: bool = True) -> MigrationSet:
+    """Load and check a set: every file must match the journal, every journal entry must have its file.
+
+    `parse` (the default, for `check` and authoring): every file is parsed now, a syntax error or transaction control
+    is refused here. `parse=False` (the run commands, the Pulumi program and provider): a file is parsed when a plan is
+    about to run it (`planner.plan_steps` parses every pending file before anything runs); an up-to-date run parses
+    nothing and never imports the SQL parser."""
     directory = Path(directory)
     meta = directory / "meta"
     journal_path = meta / "_journal.json"
@@ -442,9 +447,9 @@ def load(directory: Path | str, *, require_snapshots: bool = True) -> MigrationS
             snapshot_base=base,
             stored_fingerprint=snap_fingerprint,
         )
-        # Parsed now and kept: a syntax error or transaction control fails check and plan, naming the file, before anything runs.
-        migration.statements()
-        migration.down_statements()
+        if parse or trace_error is not None:  # parsed now and kept: a file's own error (syntax, transaction control) is
+            migration.statements()  # refused here, naming the file, and is the one to fix before its trace
+            migration.down_statements()
         if trace_error is not None:
             raise trace_error
         migrations.append(migration)

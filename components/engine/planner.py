@@ -226,7 +226,10 @@ def plan_steps(mset: MigrationSet, state: LedgerState, target: str | None) -> tu
         check_resumable(step, row.done_digest)
         first.append(step)
         applied = applied | {m.version} if goes_up else applied - {m.version}
-    return tuple(first) + _plan_from(mset, applied, target)
+    steps = tuple(first) + _plan_from(mset, applied, target)
+    for s in steps:  # every file the plan will run is parsed before any runs: a bad one is refused with nothing applied
+        s.statements()
+    return steps
 
 
 def _plan_from(mset: MigrationSet, applied: set[str], target: str | None) -> tuple[Step, ...]:
