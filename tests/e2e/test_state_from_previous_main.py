@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 from psycopg import sql
@@ -49,12 +50,19 @@ def test_a_state_written_by_the_previous_main_previews_and_updates(
         project.run("up", "--yes")
         db = admin.with_database(dbname)
         assert q(db, "SELECT to_regclass('wishlist_items') IS NOT NULL") == [(True,)]
+        app = replace(db, user="wishlist_app", password=passwords["wishlist_app"])
+        with app.connect() as conn:  # a row that must survive the upgrade: the schema is updated in place, never replaced
+            conn.execute("INSERT INTO wishlist_items (user_id, title, store) VALUES ('u1', 'Millennium Falcon', 'LEGO')")
         # Today's code over the same workdir and state (the stack file keeps its salt and settings).
         copy_project(REPO, project.workdir, tuple(n for n in PROJECT_FILES if n != "Pulumi.dev.yaml"))
         project.run("config", "set", "--path", "wishlist:migrations.destroyDropsSchema", "true")
         preview = project.run("preview", "--diff").stdout
         assert "wishlist-schema" in preview
-        project.run("up", "--yes")
+        # An update at most, never a replacement (which, with destroyDropsSchema on, would drop the table).
+        assert not [line for line in preview.splitlines() if "wishlist-schema" in line and "replace" in line], preview
+        up = project.run("up", "--yes").stdout
+        assert "replaced" not in up and "deleted" not in up, up
+        assert q(app, "SELECT title FROM wishlist_items") == [("Millennium Falcon",)]
         project.run("up", "--yes", "--expect-no-changes")
         assert project.run("stack", "output", "schema_version").stdout.strip() == "0007"
         project.run("destroy", "--yes")
