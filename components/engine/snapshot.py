@@ -13,7 +13,7 @@ from .connection import ConnectionSettings
 from .errors import DatabaseError, SetError, StatementFailed
 from .migset import NO_TRANSACTION, MigrationSet, ScannedFile, file_statements, scan, sha256_hex, write_meta
 from .sqltext import Statement, header_markers
-from .trace import StatementTrace, Trace, trace_in_transaction, trace_outside_transaction
+from .trace import RelationTracker, StatementTrace, Trace, trace_outside_transaction
 
 
 def current_schema(directory: Path, default: str = "public") -> str:
@@ -81,19 +81,23 @@ def _apply_each(
     traces: dict[str, Trace] = {}
     with scratch_settings.connect(autocommit=True, search_path=schema) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        tracker = RelationTracker(conn, schema)
         for f, transactional, statements in parsed:
             measured: list[StatementTrace] = []
             try:
                 if transactional:
                     with conn.transaction():
-                        measured = [trace_in_transaction(conn, schema, stmt) for stmt in statements]
+                        tracker.begin(conn)
+                        measured = [tracker.trace(conn, stmt) for stmt in statements]
                 else:
                     for stmt in statements:
                         try:  # each statement commits on its own: measured in a block of its own when it allows one
                             with conn.transaction():
-                                measured.append(trace_in_transaction(conn, schema, stmt))
+                                tracker.begin(conn)
+                                measured.append(tracker.trace(conn, stmt))
                         except psycopg.errors.ActiveSqlTransaction:
                             measured.append(trace_outside_transaction(conn, scratch_settings, schema, stmt))
+                            tracker.reload(conn)
             except Exception as exc:
                 raise StatementFailed(
                     f"{f.up} does not apply on a fresh database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}.",

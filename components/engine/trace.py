@@ -22,6 +22,18 @@ _REL_SQL = (
     " LEFT JOIN pg_catalog.pg_stat_xact_all_tables s ON s.relid = c.oid"
     " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'm', 'i', 'I', 'S', 'v', 'f')"
 )
+# The relations a transaction locked, and those that change with them under their lock without one of their own (an
+# index or an owned sequence moves with its table's ALTER ... SET SCHEMA): each by OID, and whether it is in the schema.
+_TOUCHED_SQL = (
+    "WITH k AS (SELECT unnest(%s::oid[]) AS oid),"
+    " cand AS (SELECT oid FROM k"
+    "  UNION SELECT i.indexrelid FROM k JOIN pg_catalog.pg_index i ON i.indrelid = k.oid"
+    "  UNION SELECT d.objid FROM k JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::regclass"
+    "   AND d.refobjid = k.oid AND d.classid = 'pg_catalog.pg_class'::regclass)"
+    " SELECT cand.oid, c.relname, c.relkind, c.relfilenode, COALESCE(pg_catalog.pg_stat_get_xact_numscans(c.oid), 0),"
+    "  c.oid IS NOT NULL AND n.nspname = %s AND c.relkind IN ('r', 'p', 'm', 'i', 'I', 'S', 'v', 'f')"
+    " FROM cand LEFT JOIN pg_catalog.pg_class c ON c.oid = cand.oid LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+)
 _LOCK_SQL = "SELECT relation, mode FROM pg_catalog.pg_locks WHERE locktype = 'relation' AND pid = %s AND granted"
 _WAIT_SQL = "SELECT relation, mode, granted FROM pg_catalog.pg_locks WHERE pid = %s"
 
@@ -114,6 +126,14 @@ def _relations(conn: psycopg.Connection[Any], schema: str) -> dict[int, _Rel]:
     return {int(r[0]): (str(r[1]), _RELKINDS.get(str(r[2]), "other"), int(r[3]), int(r[4])) for r in rows}
 
 
+def _relations_of(conn: psycopg.Connection[Any], schema: str, oids: set[int]) -> tuple[set[int], dict[int, _Rel]]:
+    """The relations `oids` name and those that change with them (see _TOUCHED_SQL): every OID looked at, and those of
+    them in the schema now."""
+    rows = conn.execute(_TOUCHED_SQL, (sorted(oids), schema)).fetchall()
+    here = {int(r[0]): (str(r[1]), _RELKINDS.get(str(r[2]), "other"), int(r[3]), int(r[4])) for r in rows if r[5]}
+    return {int(r[0]) for r in rows}, here
+
+
 def _held(conn: psycopg.Connection[Any]) -> set[tuple[int, str]]:
     return {(int(r[0]), str(r[1])) for r in conn.execute(_LOCK_SQL, (conn.info.backend_pid,)).fetchall() if r[0] is not None}
 
@@ -130,11 +150,48 @@ def _compare(
     return StatementTrace(stmt.line, stmt.kind, tuple(taken), rewrites, scanned, created, measured)
 
 
-def trace_in_transaction(conn: psycopg.Connection[Any], schema: str, stmt: Statement) -> StatementTrace:
-    """Run `stmt` inside the open transaction of `conn` and read, before it ends, what it locked, rewrote and scanned."""
-    held, before = _held(conn), _relations(conn, schema)
-    conn.execute(stmt.text.encode(), prepare=False)
-    return _compare(stmt, before, _relations(conn, schema), _held(conn) - held, measured=True, scans=True)
+class RelationTracker:
+    """The schema's relations as the last traced statement left them, kept up to date from the relations each
+    transaction locks: the cost of a statement's trace follows what its transaction touched, not the schema's size.
+
+    It holds because a relation's file (a rewrite), name, schema and existence change only under a lock that its
+    transaction keeps to the end, and a scan takes one too: a relation no lock of the transaction names is as it was.
+    Scan counts (`pg_stat_xact_all_tables`) are this backend's not yet reported to the statistics: they grow with its
+    own scans only, and drop to zero when it reports them, between transactions (PostgreSQL 15: at most once a
+    second), so `begin` reads them again for the relations it has seen scanned."""
+
+    def __init__(self, conn: psycopg.Connection[Any], schema: str) -> None:
+        self.schema = schema
+        self.relations = _relations(conn, schema)
+
+    def begin(self, conn: psycopg.Connection[Any]) -> None:
+        """In a new transaction, before its first statement: the scan counts the backend may have reported since."""
+        counted = {oid for oid, rel in self.relations.items() if rel[3]}
+        if counted:
+            _, now = _relations_of(conn, self.schema, counted)
+            self.relations.update(
+                (oid, (*rel[:3], now[oid][3] if oid in now else 0)) for oid, rel in self.relations.items() if oid in counted
+            )
+
+    def reload(self, conn: psycopg.Connection[Any]) -> None:
+        """After work outside a transaction (its locks are gone when it ends): read the whole schema again."""
+        self.relations = _relations(conn, self.schema)
+
+    def trace(self, conn: psycopg.Connection[Any], stmt: Statement) -> StatementTrace:
+        """Run `stmt` inside the open transaction of `conn` and read, before it ends, what it locked, rewrote and scanned."""
+        held = _held(conn)
+        conn.execute(stmt.text.encode(), prepare=False)
+        now = _held(conn)
+        # every relation the transaction touched so far (locks last to its end), and what changes with them
+        looked, after = _relations_of(conn, self.schema, {oid for oid, _ in now})
+        before = {oid: self.relations[oid] for oid in looked if oid in self.relations}
+        traced = _compare(stmt, before, after, now - held, measured=True, scans=True)
+        for oid in looked:  # dropped or moved out of the schema: looked at, and no longer there
+            if oid in after:
+                self.relations[oid] = after[oid]
+            else:
+                self.relations.pop(oid, None)
+        return traced
 
 
 def trace_outside_transaction(
