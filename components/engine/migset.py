@@ -365,13 +365,14 @@ def _load_trace(path: Path, entry: dict[str, Any], set_dir: Path) -> Trace:
     return trace
 
 
-def load(directory: Path | str, *, require_snapshots: bool = True, parse: bool = True) -> MigrationSet:
+def load(directory: Path | str, *, require_snapshots: bool = True, parse: bool = True, unjournaled_ok: bool = False) -> MigrationSet:
     """Load and check a set: every file must match the journal, every journal entry must have its file.
 
     `parse` (the default, for `check` and authoring): every file is parsed now, a syntax error or transaction control
     is refused here. `parse=False` (the run commands, the Pulumi program and provider): a file is parsed when a plan is
     about to run it (`planner.plan_steps` parses every pending file before anything runs); an up-to-date run parses
-    nothing and never imports the SQL parser."""
+    nothing and never imports the SQL parser. `unjournaled_ok`: files the journal does not list yet are left out (what
+    `snapshot` reuses of the meta/ it is about to rewrite), not refused."""
     directory = Path(directory)
     meta = directory / "meta"
     journal_path = meta / "_journal.json"
@@ -453,7 +454,7 @@ def load(directory: Path | str, *, require_snapshots: bool = True, parse: bool =
         if trace_error is not None:
             raise trace_error
         migrations.append(migration)
-    if files:
+    if files and not unjournaled_ok:
         stray = ", ".join(f.up.name for f in files.values())
         raise SetError(f"{stray} in {directory} is not in the journal.", SNAPSHOT_HINT.format(set_dir=directory))
     set_name = journal.get("set")

@@ -10,8 +10,8 @@ from psycopg import sql
 
 from . import catalog as cat
 from .connection import ConnectionSettings
-from .errors import DatabaseError, SetError, StatementFailed
-from .migset import NO_TRANSACTION, MigrationSet, ScannedFile, file_statements, scan, sha256_hex, write_meta
+from .errors import DatabaseError, MigrationError, SetError, StatementFailed
+from .migset import NO_TRANSACTION, MigrationSet, ScannedFile, file_statements, load, scan, sha256_hex, write_meta
 from .sqltext import Statement, header_markers
 from .trace import RelationTracker, StatementTrace, Trace, trace_outside_transaction
 
@@ -29,15 +29,27 @@ def current_schema(directory: Path, default: str = "public") -> str:
 
 
 def generate(settings: ConnectionSettings, directory: Path, schema: str | None = None) -> Path:
-    """Apply every file in order to a new database, introspect after each, write meta/. Needs CREATEDB."""
+    """Apply every file in order to a new database, introspect after each, write meta/. Needs CREATEDB.
+
+    The versions meta/ already describes (same file, same order) are proven against their stored snapshots from what
+    they wrote, as `check` proves them; the others are read whole."""
     schema = schema or current_schema(directory)
-    snapshots, traces = build(settings, directory, schema)
+    snapshots, traces = build(settings, directory, schema, _reusable(directory, schema))
     return write_meta(directory, schema, snapshots, traces)
+
+
+def _reusable(directory: Path, schema: str) -> MigrationSet | None:
+    """The meta/ being replaced, where it still loads (new files not in its journal yet are left out)."""
+    try:
+        known = load(directory, parse=False, unjournaled_ok=True)
+    except MigrationError:
+        return None
+    return known if known.schema == schema else None
 
 
 def replay(settings: ConnectionSettings, mset: MigrationSet) -> list[str]:
     """Apply the loaded set to a throwaway database: the versions whose catalog or lock trace differs from meta/."""
-    built, traces = build(settings, mset.directory, mset.schema)
+    built, traces = build(settings, mset.directory, mset.schema, mset)
     return [
         m.version
         for m in mset.migrations
@@ -46,9 +58,16 @@ def replay(settings: ConnectionSettings, mset: MigrationSet) -> list[str]:
     ]
 
 
-def build(settings: ConnectionSettings, directory: Path, schema: str) -> tuple[dict[str, cat.Catalog], dict[str, Trace]]:
+def build(
+    settings: ConnectionSettings, directory: Path, schema: str, known: MigrationSet | None = None
+) -> tuple[dict[str, cat.Catalog], dict[str, Trace]]:
     """The catalog after each version and the lock trace of each statement, from applying every file in order to a new
-    database. Needs CREATEDB."""
+    database. Needs CREATEDB.
+
+    `known`: stored snapshots to prove instead of reading the schema whole after every version. A version whose file
+    and place match one of them is proven from the catalog rows it wrote (catalog.prove_scoped, the proof `apply`
+    uses); where the proof does not hold (a drop, a write it cannot follow, a different result) it is read whole, and
+    the catalog returned is always the one the database has."""
     files = scan(directory)
     if not files:
         raise SetError(f"{directory} holds no NNNN_name.sql file.", "add the first migration, then run snapshot again.")
@@ -63,7 +82,7 @@ def build(settings: ConnectionSettings, directory: Path, schema: str) -> tuple[d
     with settings.connect(autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
     try:
-        built = _apply_each(settings.with_database(scratch), schema, parsed)
+        built = _apply_each(settings.with_database(scratch), schema, parsed, known)
     except BaseException as exc:
         _drop_scratch(settings, scratch, failed=exc)
         raise
@@ -71,24 +90,59 @@ def build(settings: ConnectionSettings, directory: Path, schema: str) -> tuple[d
     return built
 
 
+class _Known:
+    """The stored snapshots of the versions applied so far, in order; None once the files part from them."""
+
+    def __init__(self, mset: MigrationSet | None) -> None:
+        self.mset, self.position = mset, 0
+
+    def next(self, f: ScannedFile, checksum: str) -> tuple[cat.Catalog, frozenset[str], list[str]] | None:
+        """What version `f` should leave, if meta/ records it for these bytes in this place."""
+        if self.mset is None:
+            return None
+        ms = self.mset.migrations
+        if self.position < len(ms) and ms[self.position].version == f.version and ms[self.position].checksum == checksum:
+            m = ms[self.position]
+            self.position += 1
+            expected = self.mset.expected_catalog(m.version)
+            return expected, self.mset.changed_keys(m.version), self.mset.expected_keys(m.version)
+        self.mset = None  # from here on the stored snapshots describe another history
+        return None
+
+
 def _apply_each(
-    scratch_settings: ConnectionSettings, schema: str, parsed: list[tuple[ScannedFile, bool, list[Statement]]]
+    scratch_settings: ConnectionSettings,
+    schema: str,
+    parsed: list[tuple[ScannedFile, bool, list[Statement]]],
+    known: MigrationSet | None,
 ) -> tuple[dict[str, cat.Catalog], dict[str, Trace]]:
     """Apply the parsed files in order to the scratch database: the catalog after each, the lock trace of each statement."""
     import psycopg
 
     snapshots: dict[str, cat.Catalog] = {}
     traces: dict[str, Trace] = {}
+    stored = _Known(known)
     with scratch_settings.connect(autocommit=True, search_path=schema) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         tracker = RelationTracker(conn, schema)
+        _, verified = cat.introspect_verifiable(conn, schema)  # the empty schema: what the first proof starts from
         for f, transactional, statements in parsed:
+            checksum = sha256_hex(f.up.read_bytes())
+            expected = stored.next(f, checksum) if transactional else None
             measured: list[StatementTrace] = []
+            live: cat.Catalog | None = None
             try:
                 if transactional:
                     with conn.transaction():
                         tracker.begin(conn)
+                        writes = cat.writes_at_begin(conn) if expected is not None else None
                         measured = [tracker.trace(conn, stmt) for stmt in statements]
+                        proven = None if expected is None else cat.prove_scoped(conn, schema, verified, *_split(expected, writes))
+                        if proven is not None:
+                            assert expected is not None
+                            live, verified = expected[0], proven
+                        else:
+                            live, verified = cat.introspect_verifiable(conn, schema)
                 else:
                     for stmt in statements:
                         try:  # each statement commits on its own: measured in a block of its own when it allows one
@@ -103,9 +157,19 @@ def _apply_each(
                     f"{f.up} does not apply on a fresh database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}.",
                     "fix the SQL and run snapshot again.",
                 ) from None
-            snapshots[f.version] = cat.introspect(conn, schema)
-            traces[f.version] = Trace(f.version, sha256_hex(f.up.read_bytes()), tuple(measured))
+            if live is None:  # statements committed one by one: read what they left
+                stored.mset = None
+                live, verified = cat.introspect_verifiable(conn, schema)
+            snapshots[f.version] = live
+            traces[f.version] = Trace(f.version, checksum, tuple(measured))
     return snapshots, traces
+
+
+def _split(
+    expected: tuple[cat.Catalog, frozenset[str], list[str]], writes: dict[str, int] | None
+) -> tuple[cat.Catalog, dict[str, int] | None, frozenset[str], list[str]]:
+    catalog, delta, order = expected
+    return catalog, writes, delta, order
 
 
 def _drop_scratch(settings: ConnectionSettings, scratch: str, *, failed: BaseException | None) -> None:

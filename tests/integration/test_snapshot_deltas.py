@@ -147,3 +147,71 @@ def test_a_scratch_database_that_cannot_be_dropped_is_named_and_meta_is_left_unt
     assert "DROP DATABASE" in message and "pg_stat_activity" in message, message
     assert (set_copy / "meta/_journal.json").read_bytes() == before
     pg_cluster.superuser_psql(f'DROP DATABASE IF EXISTS "{scratch}"')
+
+
+def _more(set_copy: Path, admin: ConnectionSettings) -> migset.MigrationSet:
+    """STEPS, then six versions that each create a table with an index."""
+    for n in range(11, 17):
+        (set_copy / f"00{n}_t{n}.sql").write_text(f"CREATE TABLE t{n} (id int PRIMARY KEY, v text);\nCREATE INDEX t{n}_v ON t{n} (v);\n")
+    return _generated(set_copy, admin)
+
+
+def _counting_whole_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every read of the whole schema that snapshot and check make (the scratch database's catalogs)."""
+    from components.engine import snapshot
+
+    reads: list[str] = []
+    for name in ("introspect", "introspect_verifiable"):
+        real = getattr(cat, name)
+
+        def counted(*args: object, _real: object = real, _name: str = name) -> object:
+            reads.append(_name)
+            return _real(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(snapshot.cat, name, counted)
+    return reads
+
+
+def test_check_proves_each_stored_snapshot_from_what_its_version_changed(
+    set_copy: Path, admin: ConnectionSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At N versions `check` used to read the whole schema N times: now once, on the empty schema; each version is then
+    proven from the rows it wrote against its stored snapshot, as `apply` does (a version that drops a table is read
+    whole: a deleted row cannot be read)."""
+    mset = _more(set_copy, admin)
+    reads = _counting_whole_reads(monkeypatch)
+    assert replay(admin, mset) == []
+    # 0009 drops an index, 0010 a table: read whole after them; the 10 others are proven from what they wrote
+    assert len(reads) == 3, reads
+
+
+def test_check_still_names_a_version_whose_snapshot_was_edited_consistently(set_copy: Path, admin: ConnectionSettings) -> None:
+    """A delta edited with its fingerprint and journal recomputed (a hand-made snapshot): the replay's proof fails,
+    the whole read differs, and check names the version."""
+    _generated(set_copy, admin)
+    path = set_copy / "meta/0008_snapshot.json"
+    snap = json.loads(path.read_text())
+    snap["changes"] = {k: v for k, v in snap["changes"].items() if k != "index:a_note"}  # claims a_note is not there
+    before = migset.load(set_copy).expected_catalog("0007")
+    after = {**before, **{k: v for k, v in snap["changes"].items() if v is not None}}
+    snap["fingerprint"] = cat.fingerprint(after)
+    path.write_text(json.dumps(snap, indent=2, sort_keys=True) + "\n")
+    _rejournal(set_copy, "0008")
+    edited = migset.load(set_copy)
+    assert replay(admin, edited) == ["0008"]
+
+
+def test_snapshot_of_one_new_version_reads_the_whole_schema_for_it_alone(
+    set_copy: Path, admin: ConnectionSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding a migration and running snapshot: the versions meta/ already holds are proven as check proves them, the
+    new one is read whole; the files of the old versions stay byte for byte."""
+    _more(set_copy, admin)
+    old = {p.name: p.read_bytes() for p in (set_copy / "meta").iterdir() if not p.name.startswith("_")}
+    (set_copy / "0017_more.sql").write_text("CREATE TABLE c (id int PRIMARY KEY);\n")
+    reads = _counting_whole_reads(monkeypatch)
+    generate(admin, set_copy)
+    assert len(reads) == 4, reads  # the empty schema, 0009 and 0010 (drops), and the new 0017
+    assert {p.name: p.read_bytes() for p in (set_copy / "meta").iterdir() if p.name in old} == old
+    mset = migset.load(set_copy)
+    assert "table:c" in mset.expected_catalog("0017") and mset.changed_keys("0017") >= {"table:c"}
