@@ -506,23 +506,3 @@ def writes_at_begin(conn: psycopg.Connection[Any]) -> dict[str, int] | None:
     """Run first in a transaction: the catalog rows this backend wrote so far (None: track_counts is off)."""
     row = conn.execute(WRITES_AT_BEGIN).fetchone()
     return None if row is None or row[-1] is None else {str(k): int(v) for k, v in row[-1].items()}
-
-
-def prove_scoped(
-    conn: psycopg.Connection[Any],
-    schema: str,
-    prev: Verified,
-    after: Catalog,
-    writes: dict[str, int] | None,
-    delta: frozenset[str] | None = None,
-    order: list[str] | None = None,
-) -> Verified | None:
-    """In the transaction that began with writes_at_begin: prove that the live catalog is `after` from what the
-    transaction wrote (scoped_result), or None (then read it whole)."""
-    if writes is None:
-        return None
-    conn.execute("SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)")  # see the step runner
-    row = conn.execute(*scoped_query(schema, prev, after, delta)).fetchone()
-    conn.execute("RESET enable_seqscan")
-    assert row is not None
-    return scoped_result(row[0], prev, after, writes, delta, order)

@@ -34,7 +34,7 @@ LOCK_NOT_AVAILABLE = "55P03"
 # Below this many catalog entries, reading the whole schema costs less than the scoped read (measured: bench section 4).
 SCOPED_FROM = 500
 # Statements that drop prepared statements, the engine's included.
-_DROP_PREPARED = frozenset({"DeallocateStmt", "DiscardStmt"})
+DROP_PREPARED = frozenset({"DeallocateStmt", "DiscardStmt"})
 # Statements PostgreSQL refuses inside a transaction block (besides CONCURRENTLY index operations).
 OUTSIDE_ONLY = frozenset({"VacuumStmt", "CreatedbStmt", "DropdbStmt", "AlterSystemStmt", "CreateTableSpaceStmt", "DropTableSpaceStmt"})
 
@@ -142,7 +142,7 @@ class StepRunner:
                         )
                 finally:
                     self.prepared.settle()
-                    if any(st.kind in _DROP_PREPARED for st in statements) and not (self.conn.closed or self.conn.broken):
+                    if any(st.kind in DROP_PREPARED for st in statements) and not (self.conn.closed or self.conn.broken):
                         self.prepared.resync()  # the step may have deallocated the engine's statements
                 self.verified = proven
                 return fingerprint
@@ -184,7 +184,7 @@ class StepRunner:
         timeouts = self.prepared.execute("wishlist_timeouts", *timeouts_query(self.options, local=True))
         sent = [self.conn.cursor() for _ in statements]  # made first: an error may surface while the next one is sent
         # A statement that may deallocate the engine's prepared statements: the rest of this step's queries go unprepared.
-        direct = any(st.kind in _DROP_PREPARED for st in statements)
+        direct = any(st.kind in DROP_PREPARED for st in statements)
         scoped = self.verified is not None and not full and len(self.verified.catalog) >= SCOPED_FROM
         try:
             for cursor, stmt in zip(sent, statements, strict=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
@@ -12,8 +13,13 @@ from . import catalog as cat
 from .connection import ConnectionSettings
 from .errors import DatabaseError, MigrationError, SetError, StatementFailed
 from .migset import NO_TRANSACTION, MigrationSet, ScannedFile, file_statements, load, scan, sha256_hex, write_meta
+from .prepared import PreparedStatements
+from .runner import DROP_PREPARED
 from .sqltext import Statement, header_markers
 from .trace import RelationTracker, StatementTrace, Trace, trace_outside_transaction
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def current_schema(directory: Path, default: str = "public") -> str:
@@ -125,6 +131,7 @@ def _apply_each(
     with scratch_settings.connect(autocommit=True, search_path=schema) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         tracker = RelationTracker(conn, schema)
+        prover = _Prover(conn)
         _, verified = cat.introspect_verifiable(conn, schema)  # the empty schema: what the first proof starts from
         for f, transactional, statements in parsed:
             checksum = sha256_hex(f.up.read_bytes())
@@ -137,7 +144,8 @@ def _apply_each(
                         tracker.begin(conn)
                         writes = cat.writes_at_begin(conn) if expected is not None else None
                         measured = [tracker.trace(conn, stmt) for stmt in statements]
-                        proven = None if expected is None else cat.prove_scoped(conn, schema, verified, *_split(expected, writes))
+                        direct = any(st.kind in DROP_PREPARED for st in statements)
+                        proven = None if expected is None else prover.prove(schema, verified, expected, writes, direct=direct)
                         if proven is not None:
                             assert expected is not None
                             live, verified = expected[0], proven
@@ -157,6 +165,8 @@ def _apply_each(
                     f"{f.up} does not apply on a fresh database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}.",
                     "fix the SQL and run snapshot again.",
                 ) from None
+            if transactional and any(st.kind in DROP_PREPARED for st in statements):
+                prover.prepared.resync()  # the file may have deallocated the prepared proof
             if live is None:  # statements committed one by one: read what they left
                 stored.mset = None
                 live, verified = cat.introspect_verifiable(conn, schema)
@@ -165,11 +175,41 @@ def _apply_each(
     return snapshots, traces
 
 
-def _split(
-    expected: tuple[cat.Catalog, frozenset[str], list[str]], writes: dict[str, int] | None
-) -> tuple[cat.Catalog, dict[str, int] | None, frozenset[str], list[str]]:
-    catalog, delta, order = expected
-    return catalog, writes, delta, order
+class _Prover:
+    """The scoped proof that a version left its stored catalog (the step runner's, catalog.scoped_result), its read
+    prepared once per connection with a generic plan made with sequential scans off, as the runner's."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.prepared = PreparedStatements(conn)
+
+    def prove(
+        self,
+        schema: str,
+        prev: cat.Verified,
+        expected: tuple[cat.Catalog, frozenset[str], list[str]],
+        writes: dict[str, int] | None,
+        *,
+        direct: bool,
+    ) -> cat.Verified | None:
+        """In the transaction that began with catalog.writes_at_begin: the proof, or None (then read the schema whole).
+        `direct`: the version's statements may have deallocated prepared statements, the read goes unprepared."""
+        if writes is None:
+            return None
+        after, delta, order = expected
+        self.conn.execute(
+            "SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true),"
+            " set_config('plan_cache_mode', 'force_generic_plan', true)"
+        )
+        query, params = cat.scoped_query(schema, prev, after, delta)
+        try:
+            cursor = self.conn.execute(query, params, prepare=False) if direct else self.prepared.execute("wishlist_scoped", query, params)
+            row = cursor.fetchone()
+        finally:
+            self.prepared.settle()
+        self.conn.execute("RESET enable_seqscan")
+        assert row is not None
+        return cat.scoped_result(row[0], prev, after, writes, delta, order)
 
 
 def _drop_scratch(settings: ConnectionSettings, scratch: str, *, failed: BaseException | None) -> None:

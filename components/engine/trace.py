@@ -22,17 +22,22 @@ _REL_SQL = (
     " LEFT JOIN pg_catalog.pg_stat_xact_all_tables s ON s.relid = c.oid"
     " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'm', 'i', 'I', 'S', 'v', 'f')"
 )
-# The relations a transaction locked, and those that change with them under their lock without one of their own (an
+# After a statement, in one round trip: the relation locks this transaction holds (user relations: OIDs from 16384),
+# and the relations they name together with those that change with them under their lock without one of their own (an
 # index or an owned sequence moves with its table's ALTER ... SET SCHEMA): each by OID, and whether it is in the schema.
 _TOUCHED_SQL = (
-    "WITH k AS (SELECT unnest(%s::oid[]) AS oid),"
+    "WITH lk AS (SELECT relation::oid AS oid, mode FROM pg_catalog.pg_locks WHERE locktype = 'relation'"
+    "  AND pid = pg_catalog.pg_backend_pid() AND granted AND relation >= 16384),"
+    " k AS (SELECT oid FROM lk UNION SELECT unnest(%s::oid[])),"
     " cand AS (SELECT oid FROM k"
     "  UNION SELECT i.indexrelid FROM k JOIN pg_catalog.pg_index i ON i.indrelid = k.oid"
     "  UNION SELECT d.objid FROM k JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::regclass"
-    "   AND d.refobjid = k.oid AND d.classid = 'pg_catalog.pg_class'::regclass)"
-    " SELECT cand.oid, c.relname, c.relkind, c.relfilenode, COALESCE(pg_catalog.pg_stat_get_xact_numscans(c.oid), 0),"
-    "  c.oid IS NOT NULL AND n.nspname = %s AND c.relkind IN ('r', 'p', 'm', 'i', 'I', 'S', 'v', 'f')"
-    " FROM cand LEFT JOIN pg_catalog.pg_class c ON c.oid = cand.oid LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    "   AND d.refobjid = k.oid AND d.classid = 'pg_catalog.pg_class'::regclass),"
+    " rels AS (SELECT cand.oid, c.relname, c.relkind, c.relfilenode, COALESCE(pg_catalog.pg_stat_get_xact_numscans(c.oid), 0) AS scans,"
+    "  c.oid IS NOT NULL AND n.nspname = %s AND c.relkind IN ('r', 'p', 'm', 'i', 'I', 'S', 'v', 'f') AS here"
+    "  FROM cand LEFT JOIN pg_catalog.pg_class c ON c.oid = cand.oid LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)"
+    " SELECT (SELECT coalesce(json_agg(json_build_array(oid, mode)), '[]') FROM lk),"
+    "  (SELECT coalesce(json_agg(json_build_array(oid, relname, relkind, relfilenode, scans, here)), '[]') FROM rels)"
 )
 _LOCK_SQL = "SELECT relation, mode FROM pg_catalog.pg_locks WHERE locktype = 'relation' AND pid = %s AND granted"
 _WAIT_SQL = "SELECT relation, mode, granted FROM pg_catalog.pg_locks WHERE pid = %s"
@@ -126,12 +131,14 @@ def _relations(conn: psycopg.Connection[Any], schema: str) -> dict[int, _Rel]:
     return {int(r[0]): (str(r[1]), _RELKINDS.get(str(r[2]), "other"), int(r[3]), int(r[4])) for r in rows}
 
 
-def _relations_of(conn: psycopg.Connection[Any], schema: str, oids: set[int]) -> tuple[set[int], dict[int, _Rel]]:
-    """The relations `oids` name and those that change with them (see _TOUCHED_SQL): every OID looked at, and those of
-    them in the schema now."""
-    rows = conn.execute(_TOUCHED_SQL, (sorted(oids), schema)).fetchall()
-    here = {int(r[0]): (str(r[1]), _RELKINDS.get(str(r[2]), "other"), int(r[3]), int(r[4])) for r in rows if r[5]}
-    return {int(r[0]) for r in rows}, here
+def _touched(conn: psycopg.Connection[Any], schema: str, oids: set[int]) -> tuple[set[tuple[int, str]], set[int], dict[int, _Rel]]:
+    """The user relation locks held, and the relations they and `oids` name with those that change with them
+    (_TOUCHED_SQL): every OID looked at, and those of them in the schema now."""
+    row = conn.execute(_TOUCHED_SQL, (sorted(oids), schema)).fetchone()
+    assert row is not None
+    locks, rels = row
+    here = {int(r[0]): (str(r[1]), _RELKINDS.get(str(r[2]), "other"), int(r[3]), int(r[4])) for r in rels if r[5]}
+    return {(int(oid), str(mode)) for oid, mode in locks}, {int(r[0]) for r in rels}, here
 
 
 def _held(conn: psycopg.Connection[Any]) -> set[tuple[int, str]]:
@@ -163,32 +170,38 @@ class RelationTracker:
     def __init__(self, conn: psycopg.Connection[Any], schema: str) -> None:
         self.schema = schema
         self.relations = _relations(conn, schema)
+        self.counted: set[int] = {oid for oid, rel in self.relations.items() if rel[3]}  # seen with a scan count
+        self.held: set[tuple[int, str]] = set()  # the user relation locks of the open transaction
 
     def begin(self, conn: psycopg.Connection[Any]) -> None:
-        """In a new transaction, before its first statement: the scan counts the backend may have reported since."""
-        counted = {oid for oid, rel in self.relations.items() if rel[3]}
-        if counted:
-            _, now = _relations_of(conn, self.schema, counted)
-            self.relations.update(
-                (oid, (*rel[:3], now[oid][3] if oid in now else 0)) for oid, rel in self.relations.items() if oid in counted
-            )
+        """In a new transaction, before its first statement: no lock held yet, and the scan counts the backend may have
+        reported since."""
+        self.held = set()
+        if self.counted:
+            _, _, now = _touched(conn, self.schema, self.counted)
+            for oid in self.counted & self.relations.keys():
+                self.relations[oid] = (*self.relations[oid][:3], now[oid][3] if oid in now else 0)
+            self.counted = {oid for oid in self.counted if oid in self.relations and self.relations[oid][3]}
 
     def reload(self, conn: psycopg.Connection[Any]) -> None:
         """After work outside a transaction (its locks are gone when it ends): read the whole schema again."""
         self.relations = _relations(conn, self.schema)
+        self.counted = {oid for oid, rel in self.relations.items() if rel[3]}
+        self.held = set()
 
     def trace(self, conn: psycopg.Connection[Any], stmt: Statement) -> StatementTrace:
         """Run `stmt` inside the open transaction of `conn` and read, before it ends, what it locked, rewrote and scanned."""
-        held = _held(conn)
         conn.execute(stmt.text.encode(), prepare=False)
-        now = _held(conn)
         # every relation the transaction touched so far (locks last to its end), and what changes with them
-        looked, after = _relations_of(conn, self.schema, {oid for oid, _ in now})
+        now, looked, after = _touched(conn, self.schema, set())
         before = {oid: self.relations[oid] for oid in looked if oid in self.relations}
-        traced = _compare(stmt, before, after, now - held, measured=True, scans=True)
+        traced = _compare(stmt, before, after, now - self.held, measured=True, scans=True)
+        self.held = now
         for oid in looked:  # dropped or moved out of the schema: looked at, and no longer there
             if oid in after:
                 self.relations[oid] = after[oid]
+                if after[oid][3]:
+                    self.counted.add(oid)
             else:
                 self.relations.pop(oid, None)
         return traced

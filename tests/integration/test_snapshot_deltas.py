@@ -215,3 +215,16 @@ def test_snapshot_of_one_new_version_reads_the_whole_schema_for_it_alone(
     assert {p.name: p.read_bytes() for p in (set_copy / "meta").iterdir() if p.name in old} == old
     mset = migset.load(set_copy)
     assert "table:c" in mset.expected_catalog("0017") and mset.changed_keys("0017") >= {"table:c"}
+
+
+@pytest.mark.parametrize("reset", ["DEALLOCATE ALL;", "DEALLOCATE PREPARE ALL;", "RESET ALL;"])
+def test_a_version_that_drops_prepared_statements_or_settings_is_still_proven(set_copy: Path, admin: ConnectionSettings, reset: str) -> None:
+    """check and snapshot prepare their proof once per connection: a version deallocating it (or resetting the setting
+    that holds its write counts) is proven or read whole, and the versions after it are proven again."""
+    for n, sql in ((11, "CREATE TABLE t11 (id int);\n"), (12, f"CREATE TABLE t12 (id int);\n{reset}\n"), (13, "CREATE TABLE t13 (id int);\n")):
+        (set_copy / f"00{n}_t{n}.sql").write_text(sql)
+    mset = _generated(set_copy, admin)
+    assert replay(admin, mset) == []
+    (set_copy / "0014_t14.sql").write_text("CREATE TABLE t14 (id int);\n")
+    generate(admin, set_copy)
+    assert replay(admin, migset.load(set_copy)) == []
