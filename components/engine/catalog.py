@@ -449,6 +449,31 @@ def fingerprint(catalog: Catalog) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class Fingerprints:
+    """fingerprint() of many catalogs that share entries (a set's snapshots walked forward share all but what each
+    version changed): each entry's canonical JSON is made once, and the hash is taken over the same bytes. It holds the
+    entries it has seen (so an id is never reused while it lives); they must not change meanwhile (none is changed in
+    place: catalogs are copied, entries replaced)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Any, str]] = {}
+        self._keys: dict[str, str] = {}
+
+    def __call__(self, catalog: Catalog) -> str:
+        parts = []
+        for key in sorted(catalog):
+            entry = catalog[key]
+            seen = self._entries.get(id(entry))
+            if seen is None or seen[0] is not entry:
+                seen = (entry, json.dumps(entry, sort_keys=True, separators=(",", ":")))
+                self._entries[id(entry)] = seen
+            name = self._keys.get(key)
+            if name is None:
+                name = self._keys[key] = json.dumps(key)
+            parts.append(f"{name}:{seen[1]}")
+        return "sha256:" + hashlib.sha256(("{" + ",".join(parts) + "}").encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Difference:
     """One object that differs between the expected and the live catalog."""

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .catalog import Catalog, fingerprint
+from .catalog import Catalog, Fingerprints, fingerprint
 from .errors import ChecksumMismatch, SetError, TransactionControl, UnknownVersion
 from .sqltext import Statement, header_markers, is_transaction_control, split_statements
 from .trace import Trace
@@ -501,6 +501,7 @@ def write_meta(directory: Path, schema: str, snapshots: dict[str, Catalog], trac
     meta.mkdir(parents=True, exist_ok=True)
     entries = []
     previous: tuple[str, Catalog] | None = None
+    fingerprint = Fingerprints()  # consecutive snapshots share most entries
     for f in scan(directory):
         entry: dict[str, Any] = {
             "version": f.version,

@@ -56,10 +56,11 @@ def _reusable(directory: Path, schema: str) -> MigrationSet | None:
 def replay(settings: ConnectionSettings, mset: MigrationSet) -> list[str]:
     """Apply the loaded set to a throwaway database: the versions whose catalog or lock trace differs from meta/."""
     built, traces = build(settings, mset.directory, mset.schema, mset)
+    fingerprint = cat.Fingerprints()  # the built catalogs share most entries
     return [
         m.version
         for m in mset.migrations
-        if (m.fingerprint is not None and cat.fingerprint(built[m.version]) != m.fingerprint)
+        if (m.fingerprint is not None and fingerprint(built[m.version]) != m.fingerprint)
         or (m.trace is not None and m.trace != traces[m.version])
     ]
 

@@ -39,6 +39,7 @@ _TOUCHED_SQL = (
     " SELECT (SELECT coalesce(json_agg(json_build_array(oid, mode)), '[]') FROM lk),"
     "  (SELECT coalesce(json_agg(json_build_array(oid, relname, relkind, relfilenode, scans, here)), '[]') FROM rels)"
 )
+_SCANS_SQL = "SELECT oid, pg_catalog.pg_stat_get_xact_numscans(oid) FROM unnest(%s::oid[]) AS oid"
 _LOCK_SQL = "SELECT relation, mode FROM pg_catalog.pg_locks WHERE locktype = 'relation' AND pid = %s AND granted"
 _WAIT_SQL = "SELECT relation, mode, granted FROM pg_catalog.pg_locks WHERE pid = %s"
 
@@ -178,9 +179,10 @@ class RelationTracker:
         reported since."""
         self.held = set()
         if self.counted:
-            _, _, now = _touched(conn, self.schema, self.counted)
+            rows = conn.execute(_SCANS_SQL, (sorted(self.counted),)).fetchall()
+            now = {int(r[0]): int(r[1]) for r in rows}
             for oid in self.counted & self.relations.keys():
-                self.relations[oid] = (*self.relations[oid][:3], now[oid][3] if oid in now else 0)
+                self.relations[oid] = (*self.relations[oid][:3], now.get(oid, 0))
             self.counted = {oid for oid in self.counted if oid in self.relations and self.relations[oid][3]}
 
     def reload(self, conn: psycopg.Connection[Any]) -> None:

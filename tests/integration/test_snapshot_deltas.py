@@ -218,10 +218,16 @@ def test_snapshot_of_one_new_version_reads_the_whole_schema_for_it_alone(
 
 
 @pytest.mark.parametrize("reset", ["DEALLOCATE ALL;", "DEALLOCATE PREPARE ALL;", "RESET ALL;"])
-def test_a_version_that_drops_prepared_statements_or_settings_is_still_proven(set_copy: Path, admin: ConnectionSettings, reset: str) -> None:
+def test_a_version_that_drops_prepared_statements_or_settings_is_still_proven(
+    set_copy: Path, admin: ConnectionSettings, reset: str
+) -> None:
     """check and snapshot prepare their proof once per connection: a version deallocating it (or resetting the setting
     that holds its write counts) is proven or read whole, and the versions after it are proven again."""
-    for n, sql in ((11, "CREATE TABLE t11 (id int);\n"), (12, f"CREATE TABLE t12 (id int);\n{reset}\n"), (13, "CREATE TABLE t13 (id int);\n")):
+    for n, sql in (
+        (11, "CREATE TABLE t11 (id int);\n"),
+        (12, f"CREATE TABLE t12 (id int);\n{reset}\n"),
+        (13, "CREATE TABLE t13 (id int);\n"),
+    ):
         (set_copy / f"00{n}_t{n}.sql").write_text(sql)
     mset = _generated(set_copy, admin)
     assert replay(admin, mset) == []
