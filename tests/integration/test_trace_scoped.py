@@ -84,6 +84,29 @@ FILES = [
         "ALTER TABLE parted ATTACH PARTITION part1 FOR VALUES FROM (0) TO (10)",
     ],
     ["DROP SCHEMA other CASCADE", "DROP TABLE parted, made_by_do", "CREATE INDEX b_id ON b (id)", "CLUSTER b USING b_id"],
+    # owned sequences (serial, identity) move with their table; a sequence made free of its table stays
+    [
+        "CREATE SCHEMA other",
+        "CREATE TABLE s1 (id bigserial PRIMARY KEY, n int GENERATED ALWAYS AS IDENTITY)",
+        "ALTER TABLE s1 SET SCHEMA other",
+    ],
+    [
+        "CREATE SEQUENCE other.free OWNED BY other.s1.id",
+        "ALTER SEQUENCE other.free OWNED BY NONE",
+        "ALTER TABLE other.s1 SET SCHEMA public",
+    ],
+    [
+        "CREATE TABLE l (LIKE s1 INCLUDING ALL)",
+        "CREATE TABLE inh (extra int) INHERITS (l)",
+        "ALTER TABLE l RENAME TO l2",
+        "DROP TABLE l2 CASCADE",
+    ],
+    [
+        "CREATE VIEW v1 AS SELECT id FROM s1",
+        "CREATE MATERIALIZED VIEW mv1 AS SELECT id FROM v1",
+        "CREATE INDEX mv1_id ON mv1 (id)",
+        "ALTER TABLE s1 SET SCHEMA other",
+    ],
 ]
 
 
