@@ -68,6 +68,21 @@ class _Failed(Exception):
         return self.maybe_done or (isinstance(self.exc, psycopg.OperationalError) and not self.state)
 
 
+@dataclass(frozen=True)
+class _StepRun:
+    """One try of a step in a transaction and what it must leave (see StepRunner.run_step)."""
+
+    step: Step
+    label: str
+    statements: list[Statement]
+    expected_version: str | None
+    expected: cat.Catalog
+    expected_fingerprint: str
+    full: bool
+    delta: frozenset[str] | None
+    order: list[str] | None
+
+
 @dataclass
 class StepRunner:
     """Runs steps on one connection that holds the migration lock."""
@@ -109,7 +124,7 @@ class StepRunner:
         self.progress(f"{label}: {len(statements)} statement(s){where}")
         if step.transactional:
             fingerprint = self._in_transaction(
-                step, label, statements, expected_version, expected, expected_fingerprint, full, delta, order
+                _StepRun(step, label, statements, expected_version, expected, expected_fingerprint, full, delta, order)
             )
         else:
             fingerprint = self._outside_transaction(step, label, statements, expected_version, expected, started)
@@ -119,27 +134,15 @@ class StepRunner:
 
     # -- in a transaction
 
-    def _in_transaction(
-        self,
-        step: Step,
-        label: str,
-        statements: list[Statement],
-        expected_version: str | None,
-        expected: cat.Catalog,
-        expected_fingerprint: str,
-        full: bool,
-        delta: frozenset[str] | None,
-        order: list[str] | None,
-    ) -> str:
+    def _in_transaction(self, run: _StepRun) -> str:
         import psycopg
 
+        label, statements = run.label, run.statements
         for attempt in range(self.options.ddl_retries + 1):
             try:
                 try:
                     with self.conn.pipeline() as pipe, self.conn.transaction():
-                        fingerprint, proven = self._attempt(
-                            pipe, step, label, statements, expected_version, expected, expected_fingerprint, full, delta, order
-                        )
+                        fingerprint, proven = self._attempt(pipe, run)
                 finally:
                     self.prepared.settle()
                     if any(st.kind in DROP_PREPARED for st in statements) and not (self.conn.closed or self.conn.broken):
@@ -162,24 +165,14 @@ class StepRunner:
                 ) from None
         raise AssertionError("unreachable")
 
-    def _attempt(
-        self,
-        pipe: psycopg.Pipeline,
-        step: Step,
-        label: str,
-        statements: list[Statement],
-        expected_version: str | None,
-        expected: cat.Catalog,
-        expected_fingerprint: str,
-        full: bool,
-        delta: frozenset[str] | None,
-        order: list[str] | None,
-    ) -> tuple[str, cat.Verified]:
+    def _attempt(self, pipe: psycopg.Pipeline, run: _StepRun) -> tuple[str, cat.Verified]:
         """One try of a step in its open transaction: BEGIN, the timeouts, every statement, the verifying read and the ledger
         row go in one round trip (the row is rolled back with the rest unless the read proves the snapshot); COMMIT in a
         second."""
         import psycopg
 
+        step, label, statements, expected_version = run.step, run.label, run.statements, run.expected_version
+        expected, expected_fingerprint, full, delta, order = run.expected, run.expected_fingerprint, run.full, run.delta, run.order
         t0 = time.monotonic()
         timeouts = self.prepared.execute("wishlist_timeouts", *timeouts_query(self.options, local=True))
         sent = [self.conn.cursor() for _ in statements]  # made first: an error may surface while the next one is sent
