@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -52,12 +53,20 @@ class Project:
             text=True,
             capture_output=True,
             timeout=timeout,
+            preexec_fn=default_signals,
         )
         # log=False: output that reveals secrets on purpose (export --show-secrets) stays out of the shared log.
         self.log.append(f"$ pulumi {' '.join(args)}\n{proc.stdout if log else '(not logged)'}\n{proc.stderr}")
         if check and proc.returncode != 0:
             raise AssertionError(f"pulumi {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
+
+
+def default_signals() -> None:
+    """In the child before exec: SIGINT at its default. pulumi stops its plugins with SIGINT and kills them after 5 s;
+    a job a non-interactive shell starts with `&` has SIGINT ignored, which exec keeps, so every plugin and the Python
+    program would wait out the 5 s at each command."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def pulumi_env(root: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -123,7 +132,9 @@ class Copy:
 
     def sh(self, command: str) -> tuple[subprocess.CompletedProcess[str], float]:
         t0 = time.perf_counter()
-        proc = subprocess.run(["bash", "-c", command], cwd=self.workdir, env=self.env, text=True, capture_output=True, timeout=600)
+        proc = subprocess.run(
+            ["bash", "-c", command], cwd=self.workdir, env=self.env, text=True, capture_output=True, timeout=600, preexec_fn=default_signals
+        )
         elapsed = time.perf_counter() - t0
         assert proc.returncode == 0, f"`{command}` failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         return proc, elapsed
