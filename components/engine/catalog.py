@@ -531,3 +531,12 @@ def writes_at_begin(conn: psycopg.Connection[Any]) -> dict[str, int] | None:
     """Run first in a transaction: the catalog rows this backend wrote so far (None: track_counts is off)."""
     row = conn.execute(WRITES_AT_BEGIN).fetchone()
     return None if row is None or row[-1] is None else {str(k): int(v) for k, v in row[-1].items()}
+
+
+# The settings catalog definitions print under (the session digest above): a migration may change them with SET LOCAL
+# (or SET); the verifying read puts back the session's own values first, as a later session would read the schema.
+RESET_PRINT_SETTINGS = (
+    "SELECT pg_catalog.set_config(name, reset_val, true) FROM pg_catalog.pg_settings WHERE lower(name) = ANY(ARRAY["
+    "'search_path', 'quote_all_identifiers', 'extra_float_digits', 'datestyle', 'intervalstyle', 'timezone',"
+    " 'bytea_output', 'standard_conforming_strings', 'xmloption'])"
+)

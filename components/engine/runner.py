@@ -182,6 +182,7 @@ class StepRunner:
         try:
             for cursor, stmt in zip(sent, statements, strict=True):
                 cursor.execute(stmt.text.encode(), prepare=False)
+            self.conn.execute(cat.RESET_PRINT_SETTINGS)  # a migration's SET LOCAL DateStyle/search_path must not print into the read
             if scoped:
                 assert self.verified is not None
                 # Its plan is made once per connection, often while the schema is still small: without this, lookups the

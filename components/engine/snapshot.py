@@ -145,13 +145,13 @@ def _apply_each(
                         tracker.begin(conn)
                         writes = cat.writes_at_begin(conn) if expected is not None else None
                         measured = [tracker.trace(conn, stmt) for stmt in statements]
-                        direct = any(st.kind in DROP_PREPARED for st in statements)
-                        proven = None if expected is None else prover.prove(schema, verified, expected, writes, direct=direct)
-                        if proven is not None:
-                            assert expected is not None
-                            live, verified = expected[0], proven
-                        else:
-                            live, verified = cat.introspect_verifiable(conn, schema)
+                        if expected is not None:
+                            # a statement may have deallocated the prepared proof, top-level or inside a DO block
+                            prover.prepared.resync()
+                            direct = any(st.kind in DROP_PREPARED for st in statements)
+                            proven = prover.prove(schema, verified, expected, writes, direct=direct)
+                            if proven is not None:
+                                live, verified = expected[0], proven
                 else:
                     for stmt in statements:
                         try:  # each statement commits on its own: measured in a block of its own when it allows one
@@ -168,9 +168,12 @@ def _apply_each(
                 ) from None
             if transactional and any(st.kind in DROP_PREPARED for st in statements):
                 prover.prepared.resync()  # the file may have deallocated the prepared proof
-            if live is None:  # statements committed one by one: read what they left
-                stored.mset = None
+            if live is None:
+                # Read after COMMIT, as any later session reads it (a SET LOCAL of the version has ended with it).
                 live, verified = cat.introspect_verifiable(conn, schema)
+                if expected is None or live != expected[0]:
+                    # What meta/ stores from here on was built on another catalog: its deltas prove nothing now.
+                    stored.mset = None
             snapshots[f.version] = live
             traces[f.version] = Trace(f.version, checksum, tuple(measured))
     return snapshots, traces

@@ -158,6 +158,10 @@ def _compare(
     return StatementTrace(stmt.line, stmt.kind, tuple(taken), rewrites, scanned, created, measured)
 
 
+# Statements whose effects on relations may leave no lock behind (see RelationTracker.trace).
+_UNLOCKED = frozenset({"DoStmt", "CallStmt", "SelectStmt", "RenameStmt"})
+
+
 class RelationTracker:
     """The schema's relations as the last traced statement left them, kept up to date from the relations each
     transaction locks: the cost of a statement's trace follows what its transaction touched, not the schema's size.
@@ -194,6 +198,15 @@ class RelationTracker:
     def trace(self, conn: psycopg.Connection[Any], stmt: Statement) -> StatementTrace:
         """Run `stmt` inside the open transaction of `conn` and read, before it ends, what it locked, rewrote and scanned."""
         conn.execute(stmt.text.encode(), prepare=False)
+        if stmt.kind in _UNLOCKED:
+            # Procedural code can scan in a subtransaction it rolls back (its locks go, its scan counts stay), and
+            # ALTER SCHEMA ... RENAME moves relations without locking them: read the whole schema after these.
+            now = {(oid, mode) for oid, mode in _held(conn) if oid >= 16384}
+            whole = _relations(conn, self.schema)
+            traced = _compare(stmt, self.relations, whole, now - self.held, measured=True, scans=True)
+            self.held, self.relations = now, whole
+            self.counted = {oid for oid, rel in whole.items() if rel[3]}
+            return traced
         # every relation the transaction touched so far (locks last to its end), and what changes with them
         now, looked, after = _touched(conn, self.schema, set())
         before = {oid: self.relations[oid] for oid in looked if oid in self.relations}
