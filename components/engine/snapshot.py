@@ -14,7 +14,6 @@ from .connection import ConnectionSettings
 from .errors import DatabaseError, MigrationError, SetError, StatementFailed
 from .migset import NO_TRANSACTION, MigrationSet, ScannedFile, file_statements, load, scan, sha256_hex, write_meta
 from .prepared import PreparedStatements
-from .runner import DROP_PREPARED
 from .sqltext import Statement, header_markers
 from .trace import RelationTracker, StatementTrace, Trace, trace_outside_transaction
 
@@ -148,8 +147,7 @@ def _apply_each(
                         if expected is not None:
                             # a statement may have deallocated the prepared proof, top-level or inside a DO block
                             prover.prepared.resync()
-                            direct = any(st.kind in DROP_PREPARED for st in statements)
-                            proven = prover.prove(schema, verified, expected, writes, direct=direct)
+                            proven = prover.prove(schema, verified, expected, writes)
                             if proven is not None:
                                 live, verified = expected[0], proven
                 else:
@@ -166,8 +164,6 @@ def _apply_each(
                     f"{f.up} does not apply on a fresh database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}.",
                     "fix the SQL and run snapshot again.",
                 ) from None
-            if transactional and any(st.kind in DROP_PREPARED for st in statements):
-                prover.prepared.resync()  # the file may have deallocated the prepared proof
             if live is None:
                 # Read after COMMIT, as any later session reads it (a SET LOCAL of the version has ended with it).
                 live, verified = cat.introspect_verifiable(conn, schema)
@@ -193,11 +189,9 @@ class _Prover:
         prev: cat.Verified,
         expected: tuple[cat.Catalog, frozenset[str], list[str]],
         writes: dict[str, int] | None,
-        *,
-        direct: bool,
     ) -> cat.Verified | None:
-        """In the transaction that began with catalog.writes_at_begin: the proof, or None (then read the schema whole).
-        `direct`: the version's statements may have deallocated prepared statements, the read goes unprepared."""
+        """In the transaction that began with catalog.writes_at_begin, after resync: the proof, or None (then read the
+        schema whole)."""
         if writes is None:
             return None
         after, delta, order = expected
@@ -207,7 +201,7 @@ class _Prover:
         )
         query, params = cat.scoped_query(schema, prev, after, delta)
         try:
-            cursor = self.conn.execute(query, params, prepare=False) if direct else self.prepared.execute("wishlist_scoped", query, params)
+            cursor = self.prepared.execute("wishlist_scoped", query, params)
             row = cursor.fetchone()
         finally:
             self.prepared.settle()

@@ -28,7 +28,7 @@ _REL_SQL = (
 _TOUCHED_SQL = (
     "WITH lk AS (SELECT relation::oid AS oid, mode FROM pg_catalog.pg_locks WHERE locktype = 'relation'"
     "  AND pid = pg_catalog.pg_backend_pid() AND granted AND relation >= 16384),"
-    " k AS (SELECT oid FROM lk UNION SELECT unnest(%s::oid[])),"
+    " k AS (SELECT DISTINCT oid FROM lk),"
     " cand AS (SELECT oid FROM k"
     "  UNION SELECT i.indexrelid FROM k JOIN pg_catalog.pg_index i ON i.indrelid = k.oid"
     "  UNION SELECT d.objid FROM k JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::regclass"
@@ -132,10 +132,10 @@ def _relations(conn: psycopg.Connection[Any], schema: str) -> dict[int, _Rel]:
     return {int(r[0]): (str(r[1]), _RELKINDS.get(str(r[2]), "other"), int(r[3]), int(r[4])) for r in rows}
 
 
-def _touched(conn: psycopg.Connection[Any], schema: str, oids: set[int]) -> tuple[set[tuple[int, str]], set[int], dict[int, _Rel]]:
-    """The user relation locks held, and the relations they and `oids` name with those that change with them
-    (_TOUCHED_SQL): every OID looked at, and those of them in the schema now."""
-    row = conn.execute(_TOUCHED_SQL, (sorted(oids), schema)).fetchone()
+def _touched(conn: psycopg.Connection[Any], schema: str) -> tuple[set[tuple[int, str]], set[int], dict[int, _Rel]]:
+    """The user relation locks held, and the relations they name with those that change with them (_TOUCHED_SQL):
+    every OID looked at, and those of them in the schema now."""
+    row = conn.execute(_TOUCHED_SQL, (schema,)).fetchone()
     assert row is not None
     locks, rels = row
     here = {int(r[0]): (str(r[1]), _RELKINDS.get(str(r[2]), "other"), int(r[3]), int(r[4])) for r in rels if r[5]}
@@ -174,9 +174,15 @@ class RelationTracker:
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str) -> None:
         self.schema = schema
-        self.relations = _relations(conn, schema)
-        self.counted: set[int] = {oid for oid, rel in self.relations.items() if rel[3]}  # seen with a scan count
+        self.relations: dict[int, _Rel] = {}
+        self.counted: set[int] = set()  # seen with a scan count
         self.held: set[tuple[int, str]] = set()  # the user relation locks of the open transaction
+        self._whole(_relations(conn, schema))
+
+    def _whole(self, relations: dict[int, _Rel]) -> None:
+        """The schema as a whole read found it."""
+        self.relations = relations
+        self.counted = {oid for oid, rel in relations.items() if rel[3]}
 
     def begin(self, conn: psycopg.Connection[Any]) -> None:
         """In a new transaction, before its first statement: no lock held yet, and the scan counts the backend may have
@@ -191,8 +197,7 @@ class RelationTracker:
 
     def reload(self, conn: psycopg.Connection[Any]) -> None:
         """After work outside a transaction (its locks are gone when it ends): read the whole schema again."""
-        self.relations = _relations(conn, self.schema)
-        self.counted = {oid for oid, rel in self.relations.items() if rel[3]}
+        self._whole(_relations(conn, self.schema))
         self.held = set()
 
     def trace(self, conn: psycopg.Connection[Any], stmt: Statement) -> StatementTrace:
@@ -204,11 +209,11 @@ class RelationTracker:
             now = {(oid, mode) for oid, mode in _held(conn) if oid >= 16384}
             whole = _relations(conn, self.schema)
             traced = _compare(stmt, self.relations, whole, now - self.held, measured=True, scans=True)
-            self.held, self.relations = now, whole
-            self.counted = {oid for oid, rel in whole.items() if rel[3]}
+            self.held = now
+            self._whole(whole)
             return traced
         # every relation the transaction touched so far (locks last to its end), and what changes with them
-        now, looked, after = _touched(conn, self.schema, set())
+        now, looked, after = _touched(conn, self.schema)
         before = {oid: self.relations[oid] for oid in looked if oid in self.relations}
         traced = _compare(stmt, before, after, now - self.held, measured=True, scans=True)
         self.held = now
