@@ -18,21 +18,21 @@ Catalog = dict[str, dict[str, Any]]
 # One statement, one round trip. Extension members are left out (they belong to the extension).
 # The full read and the scoped read (only what changed since a horizon) share every line below `rels`, `types`
 # and `procs`, so that both produce the same entries for the same object.
-_EXT = "ext AS (SELECT objid FROM pg_catalog.pg_depend WHERE refclassid = 'pg_catalog.pg_extension'::regclass AND deptype = 'e')"
+_EXT = "ext AS (SELECT objid FROM pg_catalog.pg_depend WHERE refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::regclass AND deptype OPERATOR(pg_catalog.=) 'e')"
 
 _FULL_HEAD = f"""
-WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s),
+WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) %(schema)s),
 {_EXT},
 rels AS (
   SELECT c.oid, c.relname, c.relkind FROM pg_catalog.pg_class c, ns
-  WHERE c.relnamespace = ns.oid AND c.oid NOT IN (SELECT objid FROM ext)
+  WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.oid OPERATOR(pg_catalog.<>) ALL (SELECT objid FROM ext)
 ),
 types AS (
   SELECT t.oid, t.typname FROM pg_catalog.pg_type t, ns
-  WHERE t.typnamespace = ns.oid AND t.typtype = 'e' AND t.oid NOT IN (SELECT objid FROM ext)
+  WHERE t.typnamespace OPERATOR(pg_catalog.=) ns.oid AND t.typtype OPERATOR(pg_catalog.=) 'e' AND t.oid OPERATOR(pg_catalog.<>) ALL (SELECT objid FROM ext)
 ),
 procs AS (
-  SELECT p.oid FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace = ns.oid AND p.oid NOT IN (SELECT objid FROM ext)
+  SELECT p.oid FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace OPERATOR(pg_catalog.=) ns.oid AND p.oid OPERATOR(pg_catalog.<>) ALL (SELECT objid FROM ext)
 ),"""
 
 # Every catalog a definition is printed from, with what each row says was changed. A row written by a transaction at
@@ -76,8 +76,8 @@ _DROPS = ("pg_class", "pg_constraint", "pg_type", "pg_proc")
 def _writes(table: str) -> str:
     t = f"'pg_catalog.{table}'::regclass"
     return (
-        f"pg_catalog.pg_stat_get_xact_tuples_inserted({t}) + pg_catalog.pg_stat_get_xact_tuples_updated({t})"
-        f" + pg_catalog.pg_stat_get_xact_tuples_deleted({t})"
+        f"pg_catalog.pg_stat_get_xact_tuples_inserted({t}) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_updated({t})"
+        f" OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted({t})"
     )
 
 
@@ -88,29 +88,36 @@ def _deletes(table: str) -> str:
 # Rows this backend wrote in each catalog and has not reported yet (stats are reported only between transactions):
 # read at the start of a transaction and again at its verification, the difference is what the transaction did.
 XACT_WRITES = (
-    "CASE WHEN current_setting('track_counts') = 'on' THEN json_build_object("
+    "CASE WHEN pg_catalog.current_setting('track_counts') OPERATOR(pg_catalog.=) 'on' THEN pg_catalog.json_build_object("
     + ", ".join(f"'{t}', {_writes(t)}" for t in _WRITTEN_BY)
     + ", "
     + ", ".join(f"'del:{t}', {_deletes(t)}" for t in dict.fromkeys((*_DROPS, *_BY_LOCK)))
     # Writes to any other catalog (text search, casts, triggers, comments, ...): the scoped proof cannot follow them,
     # so any change there sends the step to the whole read.
-    + ", 'other', (SELECT coalesce(sum("
+    + ", 'other', (SELECT coalesce(pg_catalog.sum("
     + _writes("x").replace("'pg_catalog.x'::regclass", "c.oid")
     + "), 0)"
     # (the system catalogs were made by initdb, below the first user OID: read on pg_class's OID index)
-    " FROM pg_catalog.pg_class c WHERE c.oid < 16384 AND c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r'"
-    " AND c.relname <> ALL (ARRAY[" + ", ".join(f"'{t}'" for t in (*_WRITTEN_BY, *_IGNORED)) + "]))" + ") END"
+    " FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.<) 16384 AND c.relnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::regnamespace AND c.relkind OPERATOR(pg_catalog.=) 'r'"
+    " AND c.relname OPERATOR(pg_catalog.<>) ALL (ARRAY[" + ", ".join(f"'{t}'" for t in (*_WRITTEN_BY, *_IGNORED)) + "]))" + ") END"
+)
+
+
+# The write counts taken at BEGIN (WRITES_AT_BEGIN, guards.timeouts_query), as JSON; NULL when not taken.
+_SEEN = (
+    "(CASE WHEN pg_catalog.current_setting('wishlist.xact_writes', true) OPERATOR(pg_catalog.=) '' THEN NULL"
+    " ELSE pg_catalog.current_setting('wishlist.xact_writes', true) END)::json"
 )
 
 
 def _written(table: str) -> str:
     """True when this transaction wrote `table` (a one-time filter: the plan skips what follows otherwise)."""
-    return f"(SELECT {_writes(table)}) <> (nullif(current_setting('wishlist.xact_writes', true), '')::json->>'{table}')::bigint"
+    return f"(SELECT {_writes(table)}) OPERATOR(pg_catalog.<>) ({_SEEN} OPERATOR(pg_catalog.->>) '{table}')::bigint"
 
 
 def _inserted_or_updated(table: str) -> str:
     """Rows this transaction inserted or updated in `table` (each leaves one new row version with its xid)."""
-    return f"(({_writes(table)}) - {_deletes(table)}) - ((nullif(current_setting('wishlist.xact_writes', true), '')::json->>'{table}')::bigint - (nullif(current_setting('wishlist.xact_writes', true), '')::json->>'del:{table}')::bigint)"
+    return f"((({_writes(table)}) OPERATOR(pg_catalog.-) {_deletes(table)}) OPERATOR(pg_catalog.-) (({_SEEN} OPERATOR(pg_catalog.->>) '{table}')::bigint OPERATOR(pg_catalog.-) ({_SEEN} OPERATOR(pg_catalog.->>) 'del:{table}')::bigint))"
 
 
 # Per catalog found by lock: the rows of the locked relations written since the horizon, and whether that is provably
@@ -119,14 +126,16 @@ def _inserted_or_updated(table: str) -> str:
 # A version made in a subtransaction, written twice, or written outside the locked relations makes the counts differ,
 # and that catalog is scanned whole as before.
 _LOOKUPS = ",\n".join(
-    f"by_{table} AS (SELECT x.*, x.xmin = me.x AS mine FROM {source} l CROSS JOIN LATERAL"
-    f" (SELECT x.*, x.xmin FROM pg_catalog.{table} x WHERE x.{key} = l.oid OFFSET 0) x, me, hz"
-    f" WHERE {_written(table)} AND pg_catalog.age(x.xmin) <= hz.a)"
+    f"by_{table} AS (SELECT x.*, x.xmin OPERATOR(pg_catalog.=) me.x AS mine FROM {source} l CROSS JOIN LATERAL"
+    f" (SELECT x.*, x.xmin FROM pg_catalog.{table} x WHERE x.{key} OPERATOR(pg_catalog.=) l.oid OFFSET 0) x, me, hz"
+    f" WHERE {_written(table)} AND pg_catalog.age(x.xmin) OPERATOR(pg_catalog.<=) hz.a)"
     for table, (source, key) in _BY_LOCK.items()
 )
 _COMPLETE = (
     "complete AS (SELECT "
-    + ", ".join(f"(SELECT count(*) FROM by_{t} WHERE mine) = {_inserted_or_updated(t)} AS {t}" for t in _BY_LOCK)
+    + ", ".join(
+        f"(SELECT pg_catalog.count(*) FROM by_{t} WHERE mine) OPERATOR(pg_catalog.=) {_inserted_or_updated(t)} AS {t}" for t in _BY_LOCK
+    )
     + ")"
 )
 
@@ -134,29 +143,29 @@ _COMPLETE = (
 def _touched_rows(table: str, cls: str, expr: str) -> str:
     scan = f"SELECT 'pg_catalog.{cls}'::regclass::oid, {expr} FROM pg_catalog.{table} x, hz WHERE {_written(table)}"
     if table not in _BY_LOCK:
-        return f"{scan} AND pg_catalog.age(x.xmin) <= hz.a"
+        return f"{scan} AND pg_catalog.age(x.xmin) OPERATOR(pg_catalog.<=) hz.a"
     return (
         f"SELECT 'pg_catalog.{cls}'::regclass::oid, {expr} FROM by_{table} x WHERE (SELECT {table} FROM complete)\n"
-        f"  UNION {scan} AND NOT (SELECT {table} FROM complete) AND pg_catalog.age(x.xmin) <= hz.a"
+        f"  UNION {scan} AND NOT (SELECT {table} FROM complete) AND pg_catalog.age(x.xmin) OPERATOR(pg_catalog.<=) hz.a"
     )
 
 
 _TOUCHED = "\n  UNION ".join(_touched_rows(table, cls, expr) for table, pairs in _WRITTEN_BY.items() for cls, expr in pairs)
 
 _SCOPED_HEAD = f"""
-WITH RECURSIVE ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s),
+WITH RECURSIVE ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) %(schema)s),
 {_EXT},
 hz AS (SELECT pg_catalog.age(%(since)s::text::xid) AS a),
 me AS (SELECT pg_catalog.pg_current_xact_id()::xid AS x),
 -- the user relations this transaction locked for more than reading (user OIDs start at 16384), and their row types;
 -- a write elsewhere makes the counts differ (see `complete`), never goes unread
-locked AS (SELECT DISTINCT l.relation AS oid FROM pg_catalog.pg_locks l WHERE l.locktype = 'relation'
-  AND l.pid = pg_catalog.pg_backend_pid() AND l.relation >= 16384 AND l.mode <> 'AccessShareLock'
-  AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database())),
+locked AS (SELECT DISTINCT l.relation AS oid FROM pg_catalog.pg_locks l WHERE l.locktype OPERATOR(pg_catalog.=) 'relation'
+  AND l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND l.relation OPERATOR(pg_catalog.>=) 16384 AND l.mode OPERATOR(pg_catalog.<>) 'AccessShareLock'
+  AND l.database OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())),
 locked_types AS (SELECT c.reltype AS oid FROM locked l CROSS JOIN LATERAL (SELECT c.reltype FROM pg_catalog.pg_class c
-    WHERE c.oid = l.oid OFFSET 0) c WHERE c.reltype <> 0
+    WHERE c.oid OPERATOR(pg_catalog.=) l.oid OFFSET 0) c WHERE c.reltype OPERATOR(pg_catalog.<>) 0
   UNION SELECT t.typarray FROM locked l CROSS JOIN LATERAL (SELECT t.typarray FROM pg_catalog.pg_class c
-    JOIN pg_catalog.pg_type t ON t.oid = c.reltype WHERE c.oid = l.oid OFFSET 0) t WHERE t.typarray <> 0),
+    JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) c.reltype WHERE c.oid OPERATOR(pg_catalog.=) l.oid OFFSET 0) t WHERE t.typarray OPERATOR(pg_catalog.<>) 0),
 {_LOOKUPS},
 {_COMPLETE},
 touched(classid, objid) AS (
@@ -167,47 +176,47 @@ closure(classid, objid) AS (
   SELECT classid, objid FROM touched
   -- OFFSET 0 keeps the lookup per row on pg_depend's index (the estimate of `touched` is far too high for a hash join)
   UNION SELECT d.classid, d.objid FROM closure c, LATERAL (SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
-    WHERE d.refclassid = c.classid AND d.refobjid = c.objid OFFSET 0) d
+    WHERE d.refclassid OPERATOR(pg_catalog.=) c.classid AND d.refobjid OPERATOR(pg_catalog.=) c.objid OFFSET 0) d
 ),
 cand AS (
-  SELECT objid AS oid FROM closure WHERE classid = 'pg_catalog.pg_class'::regclass
+  SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::regclass
   -- per closure row on the catalogs' indexes (OFFSET 0): the closure holds a few objects, not the whole catalog
   UNION SELECT x.indrelid FROM closure c CROSS JOIN LATERAL (SELECT x.indrelid FROM pg_catalog.pg_index x
-    WHERE x.indexrelid = c.objid OFFSET 0) x WHERE c.classid = 'pg_catalog.pg_class'::regclass
+    WHERE x.indexrelid OPERATOR(pg_catalog.=) c.objid OFFSET 0) x WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::regclass
   UNION SELECT d.adrelid FROM closure c CROSS JOIN LATERAL (SELECT d.adrelid FROM pg_catalog.pg_attrdef d
-    WHERE d.oid = c.objid OFFSET 0) d WHERE c.classid = 'pg_catalog.pg_attrdef'::regclass
+    WHERE d.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) d WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_attrdef'::regclass
   UNION SELECT k.conrelid FROM closure c CROSS JOIN LATERAL (SELECT k.conrelid FROM pg_catalog.pg_constraint k
-    WHERE k.oid = c.objid OFFSET 0) k WHERE c.classid = 'pg_catalog.pg_constraint'::regclass
+    WHERE k.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) k WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_constraint'::regclass
   UNION SELECT r.ev_class FROM closure c CROSS JOIN LATERAL (SELECT r.ev_class FROM pg_catalog.pg_rewrite r
-    WHERE r.oid = c.objid OFFSET 0) r WHERE c.classid = 'pg_catalog.pg_rewrite'::regclass
+    WHERE r.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) r WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::regclass
   UNION SELECT t.typrelid FROM closure c CROSS JOIN LATERAL (SELECT t.typrelid FROM pg_catalog.pg_type t
-    WHERE t.oid = c.objid OFFSET 0) t WHERE c.classid = 'pg_catalog.pg_type'::regclass
-  UNION SELECT c.oid FROM pg_catalog.pg_class c, ns WHERE c.relnamespace = ns.oid AND c.relname = ANY(%(names)s::text[])
-  UNION SELECT x.indrelid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_index x ON x.indexrelid = c.oid, ns
-    WHERE c.relnamespace = ns.oid AND c.relname = ANY(%(names)s::text[])
+    WHERE t.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) t WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::regclass
+  UNION SELECT c.oid FROM pg_catalog.pg_class c, ns WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.relname OPERATOR(pg_catalog.=) ANY(%(names)s::text[])
+  UNION SELECT x.indrelid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_index x ON x.indexrelid OPERATOR(pg_catalog.=) c.oid, ns
+    WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.relname OPERATOR(pg_catalog.=) ANY(%(names)s::text[])
 ),
 rels AS (
   SELECT c.oid, c.relname, c.relkind FROM (SELECT DISTINCT oid FROM cand) k
-    CROSS JOIN LATERAL (SELECT c.oid, c.relname, c.relkind, c.relnamespace FROM pg_catalog.pg_class c WHERE c.oid = k.oid OFFSET 0) c, ns
-  WHERE c.relnamespace = ns.oid AND c.oid NOT IN (SELECT objid FROM ext)
+    CROSS JOIN LATERAL (SELECT c.oid, c.relname, c.relkind, c.relnamespace FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) c, ns
+  WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.oid OPERATOR(pg_catalog.<>) ALL (SELECT objid FROM ext)
 ),
 types AS (
-  SELECT t.oid, t.typname FROM (SELECT objid AS oid FROM closure WHERE classid = 'pg_catalog.pg_type'::regclass
-      UNION SELECT n.oid FROM pg_catalog.pg_type n, ns WHERE n.typname = ANY(%(names)s::text[]) AND n.typnamespace = ns.oid) k
-    CROSS JOIN LATERAL (SELECT t.oid, t.typname, t.typtype, t.typnamespace FROM pg_catalog.pg_type t WHERE t.oid = k.oid OFFSET 0) t, ns
-  WHERE t.typnamespace = ns.oid AND t.typtype = 'e' AND t.oid NOT IN (SELECT objid FROM ext)
+  SELECT t.oid, t.typname FROM (SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::regclass
+      UNION SELECT n.oid FROM pg_catalog.pg_type n, ns WHERE n.typname OPERATOR(pg_catalog.=) ANY(%(names)s::text[]) AND n.typnamespace OPERATOR(pg_catalog.=) ns.oid) k
+    CROSS JOIN LATERAL (SELECT t.oid, t.typname, t.typtype, t.typnamespace FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) t, ns
+  WHERE t.typnamespace OPERATOR(pg_catalog.=) ns.oid AND t.typtype OPERATOR(pg_catalog.=) 'e' AND t.oid OPERATOR(pg_catalog.<>) ALL (SELECT objid FROM ext)
 ),
 procs AS (
-  SELECT p.oid FROM (SELECT objid AS oid FROM closure WHERE classid = 'pg_catalog.pg_proc'::regclass
-      UNION SELECT n.oid FROM pg_catalog.pg_proc n, ns WHERE n.proname = ANY(%(names)s::text[]) AND n.pronamespace = ns.oid) k
-    CROSS JOIN LATERAL (SELECT p.oid, p.pronamespace FROM pg_catalog.pg_proc p WHERE p.oid = k.oid OFFSET 0) p, ns
-  WHERE p.pronamespace = ns.oid AND p.oid NOT IN (SELECT objid FROM ext)
+  SELECT p.oid FROM (SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::regclass
+      UNION SELECT n.oid FROM pg_catalog.pg_proc n, ns WHERE n.proname OPERATOR(pg_catalog.=) ANY(%(names)s::text[]) AND n.pronamespace OPERATOR(pg_catalog.=) ns.oid) k
+    CROSS JOIN LATERAL (SELECT p.oid, p.pronamespace FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) p, ns
+  WHERE p.pronamespace OPERATOR(pg_catalog.=) ns.oid AND p.oid OPERATOR(pg_catalog.<>) ALL (SELECT objid FROM ext)
 ),"""
 
 _BODY = """
 cols AS (
   SELECT r.relname, a.attname,
-         row_number() OVER (PARTITION BY r.oid ORDER BY a.attnum) AS position,
+         pg_catalog.row_number() OVER (PARTITION BY r.oid ORDER BY a.attnum) AS position,
          pg_catalog.format_type(a.atttypid, a.atttypmod) AS type,
          a.attnotnull AS not_null,
          pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS default_expr,
@@ -215,78 +224,79 @@ cols AS (
   FROM rels r
   -- per relation on pg_attribute's index (OFFSET 0): a scoped read holds a few relations, not the whole catalog
   CROSS JOIN LATERAL (SELECT * FROM pg_catalog.pg_attribute a
-                      WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped OFFSET 0) a
-  LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-  WHERE r.relkind IN ('r', 'p', 'v', 'm', 'f')
+                      WHERE a.attrelid OPERATOR(pg_catalog.=) r.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped OFFSET 0) a
+  LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid OPERATOR(pg_catalog.=) a.attrelid AND d.adnum OPERATOR(pg_catalog.=) a.attnum
+  WHERE r.relkind OPERATOR(pg_catalog.=) ANY ('{{r,p,v,m,f}}'::pg_catalog."char"[])
 )
-SELECT json_build_object(
-  'relations', (SELECT coalesce(json_agg(json_build_array(relname, relkind::text,
-                  CASE WHEN relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(oid) END)), '[]')
-                FROM rels WHERE relkind IN ('r', 'p', 'v', 'm', 'f', 'S')),
-  'columns', (SELECT coalesce(json_agg(json_build_array(relname, attname, position, type, not_null,
+SELECT pg_catalog.json_build_object(
+  'relations', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(relname, relkind::text,
+                  CASE WHEN relkind OPERATOR(pg_catalog.=) ANY ('{{v,m}}'::pg_catalog."char"[]) THEN pg_catalog.pg_get_viewdef(oid) END)), '[]')
+                FROM rels WHERE relkind OPERATOR(pg_catalog.=) ANY ('{{r,p,v,m,f,S}}'::pg_catalog."char"[])),
+  'columns', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(relname, attname, position, type, not_null,
                   default_expr, identity, generated)), '[]') FROM cols),
-  'enums', (SELECT coalesce(json_agg(json_build_array(t.typname,
-                  (SELECT json_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_catalog.pg_enum e
-                   WHERE e.enumtypid = t.oid))), '[]')
+  'enums', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.typname,
+                  (SELECT pg_catalog.json_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_catalog.pg_enum e
+                   WHERE e.enumtypid OPERATOR(pg_catalog.=) t.oid))), '[]')
             FROM types t),
-  'indexes', (SELECT coalesce(json_agg(json_build_array(i.relname, t.relname,
+  'indexes', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(i.relname, t.relname,
                   pg_catalog.pg_get_indexdef(x.indexrelid), x.indisvalid)), '[]')
               {indexes_of_rels}),
-  'constraints', (SELECT coalesce(json_agg(json_build_array(t.relname, c.conname, c.contype::text,
+  'constraints', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.relname, c.conname, c.contype::text,
                   pg_catalog.pg_get_constraintdef(c.oid))), '[]')
                   {constraints_of_rels}),
-  'functions', (SELECT coalesce(json_agg(json_build_array(
-                  p.proname || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
-                  p.prokind::text, md5(p.prosrc))), '[]')
-                FROM pg_catalog.pg_proc p JOIN procs USING (oid)),
+  'functions', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(
+                  p.proname OPERATOR(pg_catalog.||) '(' OPERATOR(pg_catalog.||) pg_catalog.pg_get_function_identity_arguments(p.oid) OPERATOR(pg_catalog.||) ')',
+                  p.prokind::text, pg_catalog.md5(p.prosrc))), '[]')
+                FROM pg_catalog.pg_proc p JOIN procs ON procs.oid OPERATOR(pg_catalog.=) p.oid),
   -- the oldest transaction this read could not see: every later catalog change has xmin at or after it
   'horizon', pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot())::text,
   -- what else decides what the read returns: the settings definitions are printed under, extension membership
-  'session', md5(concat_ws('|', current_setting('search_path'), current_setting('quote_all_identifiers'),
-                 current_setting('extra_float_digits'), current_setting('DateStyle'), current_setting('IntervalStyle'),
-                 current_setting('TimeZone'), current_setting('bytea_output'), current_setting('standard_conforming_strings'),
-                 current_setting('xmloption'), (SELECT string_agg(objid::text, ',' ORDER BY objid) FROM ext))){extra}
+  'session', pg_catalog.md5(pg_catalog.concat_ws('|', pg_catalog.current_setting('search_path'), pg_catalog.current_setting('quote_all_identifiers'),
+                 pg_catalog.current_setting('extra_float_digits'), pg_catalog.current_setting('DateStyle'), pg_catalog.current_setting('IntervalStyle'),
+                 pg_catalog.current_setting('TimeZone'), pg_catalog.current_setting('bytea_output'), pg_catalog.current_setting('standard_conforming_strings'),
+                 pg_catalog.current_setting('xmloption'), (SELECT pg_catalog.string_agg(objid::text, ',' ORDER BY objid) FROM ext))){extra}
 )
 """
 
 # The pre-check's read also lists every relation, enum and function of the schema by OID, so that a later scoped
 # read can tell a renamed or moved object from a new one.
 _OWNERS = """,
-  'owners', (SELECT coalesce(json_object_agg(k, v), '{}') FROM (
-               SELECT 'c:' || oid, relname FROM rels
-               UNION ALL SELECT 't:' || oid, typname FROM types
-               UNION ALL SELECT 'p:' || p.oid, p.proname FROM pg_catalog.pg_proc p JOIN procs USING (oid)) o(k, v))"""
+  'owners', (SELECT coalesce(pg_catalog.json_object_agg(k, v), '{}') FROM (
+               SELECT 'c:' OPERATOR(pg_catalog.||) oid, relname FROM rels
+               UNION ALL SELECT 't:' OPERATOR(pg_catalog.||) oid, typname FROM types
+               UNION ALL SELECT 'p:' OPERATOR(pg_catalog.||) p.oid, p.proname FROM pg_catalog.pg_proc p JOIN procs ON procs.oid OPERATOR(pg_catalog.=) p.oid) o(k, v))"""
 
 # What the scoped read needs besides the entries: the objects whose own row was written since the horizon (by OID,
 # wherever they are now), and the catalog rows this transaction deleted (a dropped object leaves no row to read).
 _SCOPED_EXTRA = (
     """,
-  'owners', (SELECT coalesce(json_agg(json_build_array(k, v, here)), '[]') FROM (
-               SELECT 'c:' || c.oid, c.relname, c.relnamespace = ns.oid FROM pg_catalog.pg_class c, ns
-                 WHERE c.oid IN (SELECT objid FROM touched WHERE classid = 'pg_catalog.pg_class'::regclass)
-                   AND c.relnamespace <> 'pg_toast'::regnamespace
-               UNION ALL SELECT 't:' || t.oid, t.typname, t.typnamespace = ns.oid FROM pg_catalog.pg_type t, ns
-                 WHERE t.oid IN (SELECT objid FROM touched WHERE classid = 'pg_catalog.pg_type'::regclass) AND t.typtype = 'e'
-               UNION ALL SELECT 'p:' || p.oid, p.proname, p.pronamespace = ns.oid FROM pg_catalog.pg_proc p, ns
-                 WHERE p.oid IN (SELECT objid FROM touched WHERE classid = 'pg_catalog.pg_proc'::regclass)) o(k, v, here)),
+  'owners', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(k, v, here)), '[]') FROM (
+               SELECT 'c:' OPERATOR(pg_catalog.||) c.oid, c.relname, c.relnamespace OPERATOR(pg_catalog.=) ns.oid FROM pg_catalog.pg_class c, ns
+                 WHERE c.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM touched WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::regclass)
+                   AND c.relnamespace OPERATOR(pg_catalog.<>) 'pg_toast'::regnamespace
+               UNION ALL SELECT 't:' OPERATOR(pg_catalog.||) t.oid, t.typname, t.typnamespace OPERATOR(pg_catalog.=) ns.oid FROM pg_catalog.pg_type t, ns
+                 WHERE t.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM touched WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::regclass) AND t.typtype OPERATOR(pg_catalog.=) 'e'
+               UNION ALL SELECT 'p:' OPERATOR(pg_catalog.||) p.oid, p.proname, p.pronamespace OPERATOR(pg_catalog.=) ns.oid FROM pg_catalog.pg_proc p, ns
+                 WHERE p.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM touched WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::regclass)) o(k, v, here)),
   'writes', """
     + XACT_WRITES
     # the write counts this read compared with, as the transaction's setting holds them: a migration can change a
     # setting, so scoped_result accepts the read only if they are the counts taken at BEGIN
     + """,
-  'seen', nullif(current_setting('wishlist.xact_writes', true), '')::json"""
+  'seen', """
+    + _SEEN
 )
 
 # How the body reaches the indexes and constraints of `rels`: by hash join when it holds the whole schema, by index
 # lookup per relation (OFFSET 0) when it holds the few a step changed. The printed columns are the same.
 _WHOLE = {
-    "indexes_of_rels": "FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid JOIN rels t ON t.oid = x.indrelid",
-    "constraints_of_rels": "FROM pg_catalog.pg_constraint c JOIN rels t ON t.oid = c.conrelid",
+    "indexes_of_rels": "FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid OPERATOR(pg_catalog.=) x.indexrelid JOIN rels t ON t.oid OPERATOR(pg_catalog.=) x.indrelid",
+    "constraints_of_rels": "FROM pg_catalog.pg_constraint c JOIN rels t ON t.oid OPERATOR(pg_catalog.=) c.conrelid",
 }
 _FEW = {
-    "indexes_of_rels": "FROM rels t CROSS JOIN LATERAL (SELECT x.* FROM pg_catalog.pg_index x WHERE x.indrelid = t.oid OFFSET 0) x"
-    " JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid",
-    "constraints_of_rels": "FROM rels t CROSS JOIN LATERAL (SELECT c.* FROM pg_catalog.pg_constraint c WHERE c.conrelid = t.oid OFFSET 0) c",
+    "indexes_of_rels": "FROM rels t CROSS JOIN LATERAL (SELECT x.* FROM pg_catalog.pg_index x WHERE x.indrelid OPERATOR(pg_catalog.=) t.oid OFFSET 0) x"
+    " JOIN pg_catalog.pg_class i ON i.oid OPERATOR(pg_catalog.=) x.indexrelid",
+    "constraints_of_rels": "FROM rels t CROSS JOIN LATERAL (SELECT c.* FROM pg_catalog.pg_constraint c WHERE c.conrelid OPERATOR(pg_catalog.=) t.oid OFFSET 0) c",
 }
 _INTROSPECT = _FULL_HEAD + _BODY.format(extra="", **_WHOLE)
 
@@ -524,7 +534,9 @@ def compare(expected: Catalog, live: Catalog) -> list[Difference]:
 
 # The write counts at the start of a transaction, kept in it for the scoped read (the step runner sends the same with
 # its timeouts: guards.timeouts_query).
-WRITES_AT_BEGIN = "SELECT set_config('wishlist.xact_writes', coalesce(w::text, 'null'), true), w FROM (SELECT " + XACT_WRITES + " AS w) x"
+WRITES_AT_BEGIN = (
+    "SELECT pg_catalog.set_config('wishlist.xact_writes', coalesce(w::text, 'null'), true), w FROM (SELECT " + XACT_WRITES + " AS w) x"
+)
 
 
 def writes_at_begin(conn: psycopg.Connection[Any]) -> dict[str, int] | None:
@@ -536,7 +548,7 @@ def writes_at_begin(conn: psycopg.Connection[Any]) -> dict[str, int] | None:
 # The settings catalog definitions print under (the session digest above): a migration may change them with SET LOCAL
 # (or SET); the verifying read puts back the session's own values first, as a later session would read the schema.
 RESET_PRINT_SETTINGS = (
-    "SELECT pg_catalog.set_config(name, reset_val, true) FROM pg_catalog.pg_settings WHERE lower(name) = ANY(ARRAY["
+    "SELECT pg_catalog.set_config(name, reset_val, true) FROM pg_catalog.pg_settings WHERE pg_catalog.lower(name) OPERATOR(pg_catalog.=) ANY(ARRAY["
     "'search_path', 'quote_all_identifiers', 'extra_float_digits', 'datestyle', 'intervalstyle', 'timezone',"
     " 'bytea_output', 'standard_conforming_strings', 'xmloption'])"
 )

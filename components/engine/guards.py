@@ -36,19 +36,19 @@ def preflight_statement(schema: str, ledger_schema: str) -> tuple[str, dict[str,
     # quotes or dots are never parsed as SQL identifiers. Each privilege is checked on its own: has_*_privilege
     # with a list is true when ANY of them is held.
     return (
-        "WITH s AS (SELECT (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s) AS target,"
-        "                  (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(ledger)s) AS ledger),"
-        " t AS (SELECT (SELECT c.oid FROM pg_catalog.pg_class c, s WHERE c.relnamespace = s.ledger AND c.relname = 'applied') AS tbl,"
-        "              (SELECT c.oid FROM pg_catalog.pg_class c, s WHERE c.relnamespace = s.ledger AND c.relname = 'owner') AS own)"
+        "WITH s AS (SELECT (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) %(schema)s) AS target,"
+        "                  (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) %(ledger)s) AS ledger),"
+        " t AS (SELECT (SELECT c.oid FROM pg_catalog.pg_class c, s WHERE c.relnamespace OPERATOR(pg_catalog.=) s.ledger AND c.relname OPERATOR(pg_catalog.=) 'applied') AS tbl,"
+        "              (SELECT c.oid FROM pg_catalog.pg_class c, s WHERE c.relnamespace OPERATOR(pg_catalog.=) s.ledger AND c.relname OPERATOR(pg_catalog.=) 'owner') AS own)"
         " SELECT current_user, pg_catalog.pg_is_in_recovery(),"
-        " current_setting('transaction_read_only'), current_setting('default_transaction_read_only'),"
+        " pg_catalog.current_setting('transaction_read_only'), pg_catalog.current_setting('default_transaction_read_only'),"
         " s.target IS NOT NULL,"
-        " ARRAY(SELECT p FROM unnest(ARRAY['USAGE', 'CREATE']) p WHERE s.target IS NOT NULL AND NOT has_schema_privilege(s.target, p)),"
-        " s.ledger IS NOT NULL, has_database_privilege(current_database(), 'CREATE'),"
-        " ARRAY(SELECT p FROM unnest(ARRAY['USAGE', 'CREATE']) p WHERE s.ledger IS NOT NULL AND NOT has_schema_privilege(s.ledger, p)),"
-        " ARRAY(SELECT x.rel || ':' || p FROM (VALUES ('applied', t.tbl), ('owner', t.own)) x(rel, oid),"
-        "       unnest(%(privs)s::text[]) p WHERE x.oid IS NOT NULL AND NOT has_table_privilege(x.oid, p)),"
-        " quote_ident(current_database()), quote_ident(current_user), quote_ident(%(schema)s), quote_ident(%(ledger)s)"
+        " ARRAY(SELECT p FROM pg_catalog.unnest(ARRAY['USAGE', 'CREATE']) p WHERE s.target IS NOT NULL AND NOT pg_catalog.has_schema_privilege(s.target, p)),"
+        " s.ledger IS NOT NULL, pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE'),"
+        " ARRAY(SELECT p FROM pg_catalog.unnest(ARRAY['USAGE', 'CREATE']) p WHERE s.ledger IS NOT NULL AND NOT pg_catalog.has_schema_privilege(s.ledger, p)),"
+        " ARRAY(SELECT x.rel OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) p FROM (VALUES ('applied', t.tbl), ('owner', t.own)) x(rel, oid),"
+        "       pg_catalog.unnest(%(privs)s::text[]) p WHERE x.oid IS NOT NULL AND NOT pg_catalog.has_table_privilege(x.oid, p)),"
+        " pg_catalog.quote_ident(pg_catalog.current_database()), pg_catalog.quote_ident(current_user), pg_catalog.quote_ident(%(schema)s), pg_catalog.quote_ident(%(ledger)s)"
         " FROM s, t",
         {"schema": schema, "ledger": ledger_schema, "privs": list(TABLE_PRIVILEGES)},
     )
@@ -101,10 +101,10 @@ def _holder(conn: psycopg.Connection[Any], key: int) -> str:
     row = conn.execute(
         "SELECT a.pid, a.application_name, a.usename, a.client_addr::text, a.backend_start, a.state, a.state_change,"
         " left(regexp_replace(a.query, '\\s+', ' ', 'g'), 120)"
-        " FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.database = "
-        " (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())"
-        " AND l.classid::bigint = %s AND l.objid::bigint = %s",
+        " FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid"
+        " WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted AND l.objsubid OPERATOR(pg_catalog.=) 1 AND l.database OPERATOR(pg_catalog.=) "
+        " (SELECT oid FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())"
+        " AND l.classid::bigint OPERATOR(pg_catalog.=) %s AND l.objid::bigint OPERATOR(pg_catalog.=) %s",
         ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
     ).fetchone()
     if row is None:
@@ -169,10 +169,10 @@ def timeouts_query(options: RunOptions, *, local: bool) -> tuple[str, tuple[Any,
     Its row's last column is the catalog rows this backend wrote so far (catalog.XACT_WRITES); in a transaction they are
     also kept in the setting wishlist.xact_writes, where the scoped catalog read finds them."""
     return (
-        "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s),"
-        " set_config('client_connection_check_interval', '1s', false), set_config('jit', 'off', %s),"
-        " set_config('plan_cache_mode', 'force_generic_plan', %s),"
-        " set_config('wishlist.xact_writes', coalesce(w::text, 'null'), %s), w FROM (SELECT " + XACT_WRITES + " AS w) x",
+        "SELECT pg_catalog.set_config('lock_timeout', %s, %s), pg_catalog.set_config('statement_timeout', %s, %s),"
+        " pg_catalog.set_config('client_connection_check_interval', '1s', false), pg_catalog.set_config('jit', 'off', %s),"
+        " pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', %s),"
+        " pg_catalog.set_config('wishlist.xact_writes', coalesce(w::text, 'null'), %s), w FROM (SELECT " + XACT_WRITES + " AS w) x",
         (f"{options.lock_timeout_ms}ms", local, f"{options.statement_timeout_ms}ms", local, local, local, local),
     )
 

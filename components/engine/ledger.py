@@ -76,8 +76,8 @@ class LedgerState:
 
 # What a database says about itself when it has no ledger (read before the ledger, in the same round trip).
 ABSENT = (
-    "SELECT json_build_object('rows', '[]'::json, 'owner', NULL,"
-    " 'sysid', (SELECT system_identifier::text FROM pg_catalog.pg_control_system()), 'db', current_database())"
+    "SELECT pg_catalog.json_build_object('rows', '[]'::json, 'owner', NULL,"
+    " 'sysid', (SELECT system_identifier::text FROM pg_catalog.pg_control_system()), 'db', pg_catalog.current_database())"
 )
 
 
@@ -114,16 +114,16 @@ class Ledger:
         """Ledger rows, owner and server identity in one statement (it fails with UndefinedTable when there is no ledger)."""
         # to_jsonb(a) reads whatever columns exist, so a ledger of an older format still reads (and is upgraded later).
         query = sql.SQL(
-            "SELECT json_build_object("
-            " 'rows', (SELECT coalesce(json_agg(to_jsonb(a) ORDER BY a.version::bigint), '[]') FROM {applied} a WHERE set_name = %(set)s),"
-            " 'owner', (SELECT to_jsonb(o) FROM {owner} o WHERE set_name = %(set)s),"
-            " 'others', (SELECT coalesce(json_agg(json_build_array(set_name, v)), '[]') FROM (SELECT set_name,"
-            "   json_agg(json_build_array(version, checksum) ORDER BY version::bigint) AS v FROM {applied}"
-            "   WHERE set_name <> %(set)s AND status = 'applied' GROUP BY set_name) o),"
-            " 'format', (SELECT count(*) FROM pg_catalog.pg_attribute WHERE attrelid IN (%(table)s::regclass, %(owner)s::regclass)"
-            "   AND attname IN ('statements_done', 'done_digest', 'direction', 'resource_id') AND NOT attisdropped),"
+            "SELECT pg_catalog.json_build_object("
+            " 'rows', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.to_jsonb(a) ORDER BY a.version::bigint), '[]') FROM {applied} a WHERE set_name OPERATOR(pg_catalog.=) %(set)s),"
+            " 'owner', (SELECT pg_catalog.to_jsonb(o) FROM {owner} o WHERE set_name OPERATOR(pg_catalog.=) %(set)s),"
+            " 'others', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(set_name, v)), '[]') FROM (SELECT set_name,"
+            "   pg_catalog.json_agg(pg_catalog.json_build_array(version, checksum) ORDER BY version::bigint) AS v FROM {applied}"
+            "   WHERE set_name OPERATOR(pg_catalog.<>) %(set)s AND status OPERATOR(pg_catalog.=) 'applied' GROUP BY set_name) o),"
+            " 'format', (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute WHERE attrelid OPERATOR(pg_catalog.=) ANY (ARRAY[%(table)s::regclass, %(owner)s::regclass])"
+            "   AND attname OPERATOR(pg_catalog.=) ANY (ARRAY['statements_done', 'done_digest', 'direction', 'resource_id']::pg_catalog.name[]) AND NOT attisdropped),"
             " 'sysid', (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),"
-            " 'db', current_database())"
+            " 'db', pg_catalog.current_database())"
         ).format(applied=self._t("applied"), owner=self._t("owner"))
         table, owner_table = self._t("applied").as_string(conn), self._t("owner").as_string(conn)
         return query, {"set": self.set_name, "table": table, "owner": owner_table}
@@ -181,17 +181,17 @@ class Ledger:
             tag = tag[:-1] + "_$"
         conn.execute(
             sql.SQL(
-                "DO {tag} BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = {name}) THEN"
+                "DO {tag} BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) {name}) THEN"
                 " EXECUTE format('CREATE SCHEMA %I', {name}); END IF; END {tag};"
                 "CREATE TABLE IF NOT EXISTS {applied} ("
                 " set_name text NOT NULL, version text NOT NULL, name text NOT NULL, checksum text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now(), applied_by text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT pg_catalog.now(), applied_by text NOT NULL,"
                 " duration_ms integer NOT NULL DEFAULT 0, stack text, database_identity text NOT NULL,"
-                " fingerprint text, status text NOT NULL DEFAULT 'applied' CHECK (status IN ('applied', 'started')),"
+                " fingerprint text, status text NOT NULL DEFAULT 'applied' CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['applied', 'started'])),"
                 " PRIMARY KEY (set_name, version));"
                 "CREATE TABLE IF NOT EXISTS {owner} ("
                 " set_name text PRIMARY KEY, stack text NOT NULL, system_identifier text NOT NULL,"
-                " database text NOT NULL, claimed_at timestamptz NOT NULL DEFAULT now());"
+                " database text NOT NULL, claimed_at timestamptz NOT NULL DEFAULT pg_catalog.now());"
                 "ALTER TABLE {applied} ADD COLUMN IF NOT EXISTS statements_done integer NOT NULL DEFAULT 0,"
                 " ADD COLUMN IF NOT EXISTS done_digest text, ADD COLUMN IF NOT EXISTS direction text NOT NULL DEFAULT 'up';"
                 "ALTER TABLE {owner} ADD COLUMN IF NOT EXISTS resource_id text"
@@ -224,9 +224,9 @@ class Ledger:
             "INSERT INTO {} (set_name, version, name, checksum, applied_by, duration_ms, stack, database_identity, fingerprint, status,"
             " statements_done, done_digest, direction)"
             " VALUES (%s, %s, %s, %s, %s,"
-            " coalesce(%s, (extract(epoch FROM clock_timestamp() - transaction_timestamp()) * 1000)::integer),"
+            " coalesce(%s, (extract(epoch FROM pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) pg_catalog.transaction_timestamp()) OPERATOR(pg_catalog.*) 1000)::integer),"
             " %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (set_name, version) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now(),"
+            " ON CONFLICT (set_name, version) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = pg_catalog.now(),"
             " applied_by = EXCLUDED.applied_by, duration_ms = EXCLUDED.duration_ms, fingerprint = EXCLUDED.fingerprint,"
             " status = EXCLUDED.status, statements_done = EXCLUDED.statements_done, done_digest = EXCLUDED.done_digest,"
             " direction = EXCLUDED.direction"
@@ -237,12 +237,19 @@ class Ledger:
     def progress(self, conn: psycopg.Connection[Any], version: str, statements_done: int, done_digest: str) -> None:
         """After each statement of a run outside a transaction: how far it got (committed with the statement's effect)."""
         conn.execute(
-            sql.SQL("UPDATE {} SET statements_done = %s, done_digest = %s WHERE set_name = %s AND version = %s").format(self._t("applied")),
+            sql.SQL(
+                "UPDATE {} SET statements_done = %s, done_digest = %s WHERE set_name OPERATOR(pg_catalog.=) %s AND version OPERATOR(pg_catalog.=) %s"
+            ).format(self._t("applied")),
             (statements_done, done_digest, self.set_name, version),
         )
 
     def forget(self, conn: psycopg.Connection[Any], version: str) -> None:
-        conn.execute(sql.SQL("DELETE FROM {} WHERE set_name = %s AND version = %s").format(self._t("applied")), (self.set_name, version))
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE set_name OPERATOR(pg_catalog.=) %s AND version OPERATOR(pg_catalog.=) %s").format(
+                self._t("applied")
+            ),
+            (self.set_name, version),
+        )
 
     def claim(
         self, conn: psycopg.Connection[Any], stack: str, system_identifier: str, database: str, resource_id: str | None = None
@@ -257,4 +264,4 @@ class Ledger:
         )
 
     def release(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute(sql.SQL("DELETE FROM {} WHERE set_name = %s").format(self._t("owner")), (self.set_name,))
+        conn.execute(sql.SQL("DELETE FROM {} WHERE set_name OPERATOR(pg_catalog.=) %s").format(self._t("owner")), (self.set_name,))

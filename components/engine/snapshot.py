@@ -196,8 +196,8 @@ class _Prover:
             return None
         after, delta, order = expected
         self.conn.execute(
-            "SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true),"
-            " set_config('plan_cache_mode', 'force_generic_plan', true)"
+            "SELECT pg_catalog.set_config('enable_seqscan', 'off', true), pg_catalog.set_config('jit', 'off', true),"
+            " pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true)"
         )
         query, params = cat.scoped_query(schema, prev, after, delta)
         try:
