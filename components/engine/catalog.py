@@ -25,14 +25,14 @@ WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_ca
 {_EXT},
 rels AS (
   SELECT c.oid, c.relname, c.relkind FROM pg_catalog.pg_class c, ns
-  WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.oid OPERATOR(pg_catalog.<>) ALL (SELECT objid FROM ext)
+  WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND NOT (c.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
 types AS (
   SELECT t.oid, t.typname FROM pg_catalog.pg_type t, ns
-  WHERE t.typnamespace OPERATOR(pg_catalog.=) ns.oid AND t.typtype OPERATOR(pg_catalog.=) 'e' AND t.oid OPERATOR(pg_catalog.<>) ALL (SELECT objid FROM ext)
+  WHERE t.typnamespace OPERATOR(pg_catalog.=) ns.oid AND t.typtype OPERATOR(pg_catalog.=) 'e' AND NOT (t.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
 procs AS (
-  SELECT p.oid FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace OPERATOR(pg_catalog.=) ns.oid AND p.oid OPERATOR(pg_catalog.<>) ALL (SELECT objid FROM ext)
+  SELECT p.oid FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace OPERATOR(pg_catalog.=) ns.oid AND NOT (p.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),"""
 
 # Every catalog a definition is printed from, with what each row says was changed. A row written by a transaction at
@@ -198,19 +198,19 @@ cand AS (
 rels AS (
   SELECT c.oid, c.relname, c.relkind FROM (SELECT DISTINCT oid FROM cand) k
     CROSS JOIN LATERAL (SELECT c.oid, c.relname, c.relkind, c.relnamespace FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) c, ns
-  WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.oid OPERATOR(pg_catalog.<>) ALL (SELECT objid FROM ext)
+  WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND NOT (c.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
 types AS (
   SELECT t.oid, t.typname FROM (SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::regclass
       UNION SELECT n.oid FROM pg_catalog.pg_type n, ns WHERE n.typname OPERATOR(pg_catalog.=) ANY(%(names)s::text[]) AND n.typnamespace OPERATOR(pg_catalog.=) ns.oid) k
     CROSS JOIN LATERAL (SELECT t.oid, t.typname, t.typtype, t.typnamespace FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) t, ns
-  WHERE t.typnamespace OPERATOR(pg_catalog.=) ns.oid AND t.typtype OPERATOR(pg_catalog.=) 'e' AND t.oid OPERATOR(pg_catalog.<>) ALL (SELECT objid FROM ext)
+  WHERE t.typnamespace OPERATOR(pg_catalog.=) ns.oid AND t.typtype OPERATOR(pg_catalog.=) 'e' AND NOT (t.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
 procs AS (
   SELECT p.oid FROM (SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::regclass
       UNION SELECT n.oid FROM pg_catalog.pg_proc n, ns WHERE n.proname OPERATOR(pg_catalog.=) ANY(%(names)s::text[]) AND n.pronamespace OPERATOR(pg_catalog.=) ns.oid) k
     CROSS JOIN LATERAL (SELECT p.oid, p.pronamespace FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) p, ns
-  WHERE p.pronamespace OPERATOR(pg_catalog.=) ns.oid AND p.oid OPERATOR(pg_catalog.<>) ALL (SELECT objid FROM ext)
+  WHERE p.pronamespace OPERATOR(pg_catalog.=) ns.oid AND NOT (p.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),"""
 
 _BODY = """
@@ -552,3 +552,7 @@ RESET_PRINT_SETTINGS = (
     "'search_path', 'quote_all_identifiers', 'extra_float_digits', 'datestyle', 'intervalstyle', 'timezone',"
     " 'bytea_output', 'standard_conforming_strings', 'xmloption'])"
 )
+
+# What a migration may leave on the session for the next one: settings (SET without LOCAL) and the role. RESET ALL
+# leaves the role alone. Both return to what the connection started with (its startup options included).
+RESET_SESSION = ("RESET ALL", "RESET ROLE")

@@ -180,17 +180,26 @@ class StepRunner:
         step, label, statements, expected_version = run.step, run.label, run.statements, run.expected_version
         expected, expected_fingerprint, full, delta, order = run.expected, run.expected_fingerprint, run.full, run.delta, run.order
         t0 = time.monotonic()
+        for query in cat.RESET_SESSION:  # each migration starts from the connection's own settings, whatever ran before
+            self.conn.execute(query)
         self.prepared.guard()  # an earlier statement on this connection may have replaced the engine's statements
         timeouts = self.prepared.execute("wishlist_timeouts", *timeouts_query(self.options, local=True))
         sent = [self.conn.cursor() for _ in statements]  # made first: an error may surface while the next one is sent
         # A statement that may deallocate the engine's prepared statements: the rest of this step's queries go unprepared.
         direct = any(st.kind in DROP_PREPARED for st in statements)
         scoped = self.verified is not None and not full and len(self.verified.catalog) >= SCOPED_FROM
+        deferred = None
         try:
             for cursor, stmt in zip(sent, statements, strict=True):
                 cursor.execute(stmt.text.encode(), prepare=False)
+            self.conn.execute("RESET ROLE")  # the engine's own queries run as the connecting role
             if not direct:
                 self.prepared.guard()  # fails, before any EXECUTE, if the statements replaced one of the engine's
+            # The ledger row, then what would otherwise run at COMMIT, go before the read: user code they run (a trigger
+            # on the ledger, a deferred constraint trigger) changes what the read must see. The row rolls back with the
+            # rest unless the read proves the snapshot.
+            self._record(step, None, expected_fingerprint, prepared=not direct)
+            deferred = self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             self.conn.execute(cat.RESET_PRINT_SETTINGS)  # a migration's SET LOCAL DateStyle/search_path must not print into the read
             if scoped:
                 assert self.verified is not None
@@ -201,7 +210,6 @@ class StepRunner:
                 self.conn.execute("RESET enable_seqscan")
             else:
                 read = self._query("wishlist_verifiable", *cat.verifiable_query(self.schema), direct=direct)
-            self._record(step, None, expected_fingerprint, prepared=not direct)
             pipe.sync()
         except psycopg.Error as exc:
             # The first statement without a result is the one that failed (those after it were skipped by the server).
@@ -213,6 +221,12 @@ class StepRunner:
             replaced = replaced_names(str(exc))
             if replaced is not None or sqlstate(exc) == DUPLICATE_PREPARED:
                 raise self._replaced(label, replaced, exc, before=timeouts.pgresult is None) from None
+            if deferred is not None and deferred.pgresult is None and failed is None and sqlstate(exc).startswith("23"):
+                raise StatementFailed(
+                    f"{label}: a deferred constraint failed when checked after the last statement ({first_line(exc, self.settings)} "
+                    f"[SQLSTATE {sqlstate(exc)}]); the migration was rolled back, the ledger is unchanged.",
+                    "fix the rows or the constraint in the migration (a DEFERRABLE constraint is checked before COMMIT).",
+                ) from None
             # The engine's own query in the step failed: its timeouts (before any statement), or its verifying read or
             # ledger row (after all of them). Raised inside the transaction, which rolls back on the way out.
             when = "before its first statement ran" if timeouts.pgresult is None else "after every statement ran"
@@ -247,7 +261,11 @@ class StepRunner:
 
     def _replaced(self, label: str, names: str | None, exc: Exception, *, before: bool) -> MigrationError:
         if names is None:  # the engine's PREPARE met a statement of that name the migration prepared
-            names = first_line(exc, self.settings)
+            return StatementFailed(
+                f"{label}: a statement of the migration prepared a statement under a name the engine uses "
+                f"({first_line(exc, self.settings)}); the migration was rolled back, the ledger is unchanged.",
+                "rename the prepared statement in the migration (the engine's are named wishlist_*), then run apply again.",
+            )
         if before:
             return StatementFailed(
                 f"{label}: the engine's prepared statement(s) {names} were replaced or removed before this step (by a "

@@ -144,10 +144,11 @@ def _apply_each(
                         tracker.begin(conn)
                         writes = cat.writes_at_begin(conn) if expected is not None else None
                         measured = [tracker.trace(conn, stmt) for stmt in statements]
+                        # what would run at COMMIT (deferred constraint triggers) runs now, under the connecting role
+                        conn.execute("RESET ROLE")
+                        conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
                         if expected is not None:
-                            # a statement may have deallocated the prepared proof, top-level or inside a DO block
-                            prover.prepared.resync()
-                            proven = prover.prove(schema, verified, expected, writes)
+                            proven = prover.try_prove(schema, verified, expected, writes)
                             if proven is not None:
                                 live, verified = expected[0], proven
                 else:
@@ -164,6 +165,8 @@ def _apply_each(
                     f"{f.up} does not apply on a fresh database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}.",
                     "fix the SQL and run snapshot again.",
                 ) from None
+            for query in cat.RESET_SESSION:  # the next version starts from the connection's own settings, as in apply
+                conn.execute(query)
             if live is None:
                 # Read after COMMIT, as any later session reads it (a SET LOCAL of the version has ended with it).
                 live, verified = cat.introspect_verifiable(conn, schema)
@@ -182,6 +185,26 @@ class _Prover:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
         self.prepared = PreparedStatements(conn)
+
+    def try_prove(
+        self,
+        schema: str,
+        prev: cat.Verified,
+        expected: tuple[cat.Catalog, frozenset[str], list[str]],
+        writes: dict[str, int] | None,
+    ) -> cat.Verified | None:
+        """prove() in a savepoint of the version's transaction: None (read the version whole after COMMIT) when one of
+        its queries fails, as when a statement of the version changed the session under it (statement_timeout, a
+        prepared statement of the same name): the failure is not the file's, and the file may still apply."""
+        import psycopg
+
+        try:
+            with self.conn.transaction():
+                # a statement may have deallocated or replaced the prepared proof, top-level or in a DO block
+                self.prepared.resync()
+                return self.prove(schema, prev, expected, writes)
+        except psycopg.Error:
+            return None
 
     def prove(
         self,

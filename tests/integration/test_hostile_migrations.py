@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from components.engine import catalog as cat
 from components.engine import migset, runner
 from components.engine.connection import ConnectionSettings
 from components.engine.engine import Engine
 from components.engine.errors import MigrationError, VerifyFailed
+from components.engine.snapshot import generate, replay
+from devtools import localpg
 from tests.integration.test_scoped_verify import BASE, _set
+from tests.integration.test_snapshot_deltas import _rejournal
 from tests.integration.test_wishlist_items_migration import ledger_rows
 
 # A DO block that replaces the engine's prepared read with one returning what the honest read returned before the block
@@ -156,3 +160,142 @@ def test_the_hiding_aggregate_hides_from_an_unqualified_call(fresh_db: Connectio
         conn.execute(_HIDING_AGGREGATE)
         row = conn.execute("SELECT json_agg(x) FROM (VALUES ('{\"a\": 1}'::json), ('\"evil\"'::json)) v(x)").fetchone()
     assert row is not None and row[0] == [{"a": 1}]
+
+
+# -- work the verifying read would not see: at COMMIT, or caused by the engine's own ledger row
+
+_DEFERRED_INFRA = (
+    "CREATE TABLE q (id int);\n"
+    "CREATE FUNCTION mk() RETURNS trigger LANGUAGE plpgsql AS\n"
+    "  $f$ BEGIN EXECUTE 'CREATE TABLE IF NOT EXISTS evil (id int)'; RETURN NULL; END $f$;\n"
+    "CREATE CONSTRAINT TRIGGER q_later AFTER INSERT ON q DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION mk();\n"
+)
+
+
+def _write(set_copy: Path, admin: ConnectionSettings, files: dict[str, str]) -> migset.MigrationSet:
+    for version, text in files.items():
+        (set_copy / f"{version}_step.sql").write_text(text)
+    generate(admin, set_copy)
+    return migset.load(set_copy)
+
+
+def _swap(set_copy: Path, version: str, text: str) -> migset.MigrationSet:
+    """Replace a file after its snapshot was made (the journal's hash patched: only verification can notice)."""
+    path = set_copy / f"{version}_step.sql"
+    path.write_text(text)
+    journal_path = set_copy / "meta/_journal.json"
+    journal = json.loads(journal_path.read_text())
+    for entry in journal["entries"]:
+        if entry["version"] == version:
+            entry["up"]["sha256"] = migset.sha256_hex(path.read_bytes())
+    journal_path.write_text(json.dumps(journal, indent=2, sort_keys=True) + "\n")
+    return migset.load(set_copy)
+
+
+def test_snapshot_stores_what_a_deferred_trigger_does_at_commit(set_copy: Path, admin: ConnectionSettings) -> None:
+    mset = _write(set_copy, admin, {"0008": BASE["0008"] + _DEFERRED_INFRA, "0009": BASE["0009"] + "INSERT INTO q VALUES (1);\n"})
+    assert "table:evil" not in mset.expected_catalog("0008")
+    assert "table:evil" in mset.expected_catalog("0009")
+
+
+def test_check_names_a_stored_snapshot_without_what_a_deferred_trigger_does_at_commit(set_copy: Path, admin: ConnectionSettings) -> None:
+    """check proves stored snapshots from what each version wrote, before COMMIT: the deferred work must be in it."""
+    files = {"0008": BASE["0008"] + _DEFERRED_INFRA, "0009": BASE["0009"] + "INSERT INTO q VALUES (1);\n", "0010": BASE["0010"]}
+    honest = _write(set_copy, admin, files)
+    assert replay(admin, honest) == []
+    # meta/ edited consistently (entries, fingerprints, journal) to say 0009 leaves no table evil
+    path = set_copy / "meta/0009_snapshot.json"
+    snap = json.loads(path.read_text())
+    assert {"table:evil", "column:evil.id"} <= set(snap["changes"])
+    for key in ("table:evil", "column:evil.id"):
+        del snap["changes"][key]
+    for version in ("0009", "0010"):
+        catalog = {k: v for k, v in honest.expected_catalog(version).items() if k not in ("table:evil", "column:evil.id")}
+        path = set_copy / f"meta/{version}_snapshot.json"
+        stored = snap if version == "0009" else json.loads(path.read_text())
+        stored["fingerprint"] = cat.fingerprint(dict(sorted(catalog.items())))
+        path.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+        _rejournal(set_copy, version)
+    assert replay(admin, migset.load(set_copy)) == ["0009", "0010"]
+
+
+def test_a_deferred_trigger_that_changes_the_schema_at_commit_is_caught_at_its_step(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    _write(set_copy, admin, {"0008": BASE["0008"] + _DEFERRED_INFRA, **{v: BASE[v] for v in ("0009", "0010")}})
+    mset = _swap(set_copy, "0009", BASE["0009"] + "INSERT INTO q VALUES (1);\n")
+    with pytest.raises(VerifyFailed) as failure:
+        Engine(fresh_db, mset).apply()
+    message = str(failure.value)
+    assert "0009" in message and "table evil is not expected" in message and "rolled back" in message
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008"]
+    assert "evil" not in _relations(fresh_db)
+
+
+def test_a_trigger_on_the_ledger_that_changes_the_schema_is_caught_at_its_step(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    """The migrator owns the ledger, so a migration can put a trigger on it: the engine's own ledger row then runs user
+    code in the step's transaction. It must run before the verifying read."""
+    on_ledger = (
+        "CREATE FUNCTION on_row() RETURNS trigger LANGUAGE plpgsql AS\n"
+        "  $f$ BEGIN EXECUTE 'CREATE TABLE IF NOT EXISTS public.evil (id int)'; RETURN NULL; END $f$;\n"
+        "CREATE TRIGGER on_row AFTER INSERT ON migration_ledger.applied FOR EACH ROW EXECUTE FUNCTION on_row();\n"
+    )
+    mset = _set(set_copy, admin, BASE["0009"] + on_ledger)
+    with pytest.raises(VerifyFailed) as failure:
+        Engine(fresh_db, mset).apply()
+    message = str(failure.value)
+    assert "0009" in message and "table evil is not expected" in message and "rolled back" in message
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008"]
+    assert "evil" not in _relations(fresh_db)
+
+
+# -- session state a migration leaves on the engine's connection
+
+_LEAKS = {
+    "search_path": "CREATE SCHEMA elsewhere;\nSET search_path = elsewhere;\n",
+    "DateStyle": "SET DateStyle = 'SQL, DMY';\n",
+    "role": "SET ROLE pg_read_all_data;\n",
+}
+
+
+@pytest.mark.parametrize("runs", [["0010"], ["0008", "0010"]], ids=["one run", "two runs"])
+@pytest.mark.parametrize("leak", sorted(_LEAKS))
+def test_a_session_setting_of_one_migration_does_not_reach_the_next(
+    leak: str, runs: list[str], fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings, pg_cluster: localpg.Cluster
+) -> None:
+    """Each migration starts from the connection's own settings, in apply (one run or several) and in snapshot: a
+    session-level SET in 0008 changes neither where 0009 creates its table, nor how its default prints, nor who owns it."""
+    if leak == "role":
+        pg_cluster.superuser_psql(f"GRANT pg_read_all_data TO {admin.user}")
+    try:
+        _leak_does_not_reach_the_next(leak, runs, fresh_db, set_copy, admin)
+    finally:
+        if leak == "role":
+            pg_cluster.superuser_psql(f"REVOKE pg_read_all_data FROM {admin.user}")
+
+
+def _leak_does_not_reach_the_next(
+    leak: str, runs: list[str], fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    files = {
+        "0008": BASE["0008"] + _LEAKS[leak],
+        "0009": "CREATE TABLE b (id int PRIMARY KEY, d date DEFAULT '2024-01-02');\n",
+        "0010": BASE["0010"],
+    }
+    mset = _write(set_copy, admin, files)
+    assert mset.expected_catalog("0009")["column:b.d"]["default"] == "'2024-01-02'::date"
+    for target in runs:
+        Engine(fresh_db, mset).apply(target)
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008", "0009", "0010"]
+    assert Engine(fresh_db, mset).verify().ok
+
+
+def test_check_of_a_version_that_takes_the_name_of_the_engines_proof(set_copy: Path, admin: ConnectionSettings) -> None:
+    """The version prepares a statement under the name the engine's proof uses, before the engine first prepared it: the
+    engine's PREPARE then fails. That is not the file's fault (it applies), and check must not say it does not apply."""
+    first = set_copy / "0007_wishlist_items.sql"
+    first.write_text("DO $$ BEGIN EXECUTE 'PREPARE wishlist_scoped AS SELECT 1'; END $$;\n" + first.read_text())
+    mset = _write(set_copy, admin, {"0008": BASE["0008"]})
+    assert replay(admin, mset) == []
