@@ -18,7 +18,7 @@ Catalog = dict[str, dict[str, Any]]
 # One statement, one round trip. Extension members are left out (they belong to the extension).
 # The full read and the scoped read (only what changed since a horizon) share every line below `rels`, `types`
 # and `procs`, so that both produce the same entries for the same object.
-_EXT = "ext AS (SELECT objid FROM pg_catalog.pg_depend WHERE refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::regclass AND deptype OPERATOR(pg_catalog.=) 'e')"
+_EXT = "ext AS (SELECT objid FROM pg_catalog.pg_depend WHERE refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass AND deptype OPERATOR(pg_catalog.=) 'e')"
 
 _FULL_HEAD = f"""
 WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) %(schema)s),
@@ -74,7 +74,7 @@ _DROPS = ("pg_class", "pg_constraint", "pg_type", "pg_proc")
 
 
 def _writes(table: str) -> str:
-    t = f"'pg_catalog.{table}'::regclass"
+    t = f"'pg_catalog.{table}'::pg_catalog.regclass"
     return (
         f"pg_catalog.pg_stat_get_xact_tuples_inserted({t}) OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_updated({t})"
         f" OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted({t})"
@@ -82,7 +82,7 @@ def _writes(table: str) -> str:
 
 
 def _deletes(table: str) -> str:
-    return f"pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.{table}'::regclass)"
+    return f"pg_catalog.pg_stat_get_xact_tuples_deleted('pg_catalog.{table}'::pg_catalog.regclass)"
 
 
 # Rows this backend wrote in each catalog and has not reported yet (stats are reported only between transactions):
@@ -95,10 +95,10 @@ XACT_WRITES = (
     # Writes to any other catalog (text search, casts, triggers, comments, ...): the scoped proof cannot follow them,
     # so any change there sends the step to the whole read.
     + ", 'other', (SELECT coalesce(pg_catalog.sum("
-    + _writes("x").replace("'pg_catalog.x'::regclass", "c.oid")
+    + _writes("x").replace("'pg_catalog.x'::pg_catalog.regclass", "c.oid")
     + "), 0)"
     # (the system catalogs were made by initdb, below the first user OID: read on pg_class's OID index)
-    " FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.<) 16384 AND c.relnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::regnamespace AND c.relkind OPERATOR(pg_catalog.=) 'r'"
+    " FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.<) 16384 AND c.relnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace AND c.relkind OPERATOR(pg_catalog.=) 'r'"
     " AND c.relname OPERATOR(pg_catalog.<>) ALL (ARRAY[" + ", ".join(f"'{t}'" for t in (*_WRITTEN_BY, *_IGNORED)) + "]))" + ") END"
 )
 
@@ -106,7 +106,7 @@ XACT_WRITES = (
 # The write counts taken at BEGIN (WRITES_AT_BEGIN, guards.timeouts_query), as JSON; NULL when not taken.
 _SEEN = (
     "(CASE WHEN pg_catalog.current_setting('wishlist.xact_writes', true) OPERATOR(pg_catalog.=) '' THEN NULL"
-    " ELSE pg_catalog.current_setting('wishlist.xact_writes', true) END)::json"
+    " ELSE pg_catalog.current_setting('wishlist.xact_writes', true) END)::pg_catalog.json"
 )
 
 
@@ -141,11 +141,11 @@ _COMPLETE = (
 
 
 def _touched_rows(table: str, cls: str, expr: str) -> str:
-    scan = f"SELECT 'pg_catalog.{cls}'::regclass::oid, {expr} FROM pg_catalog.{table} x, hz WHERE {_written(table)}"
+    scan = f"SELECT 'pg_catalog.{cls}'::pg_catalog.regclass::pg_catalog.oid, {expr} FROM pg_catalog.{table} x, hz WHERE {_written(table)}"
     if table not in _BY_LOCK:
         return f"{scan} AND pg_catalog.age(x.xmin) OPERATOR(pg_catalog.<=) hz.a"
     return (
-        f"SELECT 'pg_catalog.{cls}'::regclass::oid, {expr} FROM by_{table} x WHERE (SELECT {table} FROM complete)\n"
+        f"SELECT 'pg_catalog.{cls}'::pg_catalog.regclass::pg_catalog.oid, {expr} FROM by_{table} x WHERE (SELECT {table} FROM complete)\n"
         f"  UNION {scan} AND NOT (SELECT {table} FROM complete) AND pg_catalog.age(x.xmin) OPERATOR(pg_catalog.<=) hz.a"
     )
 
@@ -155,8 +155,8 @@ _TOUCHED = "\n  UNION ".join(_touched_rows(table, cls, expr) for table, pairs in
 _SCOPED_HEAD = f"""
 WITH RECURSIVE ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) %(schema)s),
 {_EXT},
-hz AS (SELECT pg_catalog.age(%(since)s::text::xid) AS a),
-me AS (SELECT pg_catalog.pg_current_xact_id()::xid AS x),
+hz AS (SELECT pg_catalog.age(%(since)s::pg_catalog.text::pg_catalog.xid) AS a),
+me AS (SELECT pg_catalog.pg_current_xact_id()::pg_catalog.xid AS x),
 -- the user relations this transaction locked for more than reading (user OIDs start at 16384), and their row types;
 -- a write elsewhere makes the counts differ (see `complete`), never goes unread
 locked AS (SELECT DISTINCT l.relation AS oid FROM pg_catalog.pg_locks l WHERE l.locktype OPERATOR(pg_catalog.=) 'relation'
@@ -179,21 +179,21 @@ closure(classid, objid) AS (
     WHERE d.refclassid OPERATOR(pg_catalog.=) c.classid AND d.refobjid OPERATOR(pg_catalog.=) c.objid OFFSET 0) d
 ),
 cand AS (
-  SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::regclass
+  SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
   -- per closure row on the catalogs' indexes (OFFSET 0): the closure holds a few objects, not the whole catalog
   UNION SELECT x.indrelid FROM closure c CROSS JOIN LATERAL (SELECT x.indrelid FROM pg_catalog.pg_index x
-    WHERE x.indexrelid OPERATOR(pg_catalog.=) c.objid OFFSET 0) x WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::regclass
+    WHERE x.indexrelid OPERATOR(pg_catalog.=) c.objid OFFSET 0) x WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
   UNION SELECT d.adrelid FROM closure c CROSS JOIN LATERAL (SELECT d.adrelid FROM pg_catalog.pg_attrdef d
-    WHERE d.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) d WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_attrdef'::regclass
+    WHERE d.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) d WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_attrdef'::pg_catalog.regclass
   UNION SELECT k.conrelid FROM closure c CROSS JOIN LATERAL (SELECT k.conrelid FROM pg_catalog.pg_constraint k
-    WHERE k.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) k WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_constraint'::regclass
+    WHERE k.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) k WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_constraint'::pg_catalog.regclass
   UNION SELECT r.ev_class FROM closure c CROSS JOIN LATERAL (SELECT r.ev_class FROM pg_catalog.pg_rewrite r
-    WHERE r.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) r WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::regclass
+    WHERE r.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) r WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
   UNION SELECT t.typrelid FROM closure c CROSS JOIN LATERAL (SELECT t.typrelid FROM pg_catalog.pg_type t
-    WHERE t.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) t WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::regclass
-  UNION SELECT c.oid FROM pg_catalog.pg_class c, ns WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.relname OPERATOR(pg_catalog.=) ANY(%(names)s::text[])
+    WHERE t.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) t WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
+  UNION SELECT c.oid FROM pg_catalog.pg_class c, ns WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.relname OPERATOR(pg_catalog.=) ANY(%(names)s::pg_catalog.text[])
   UNION SELECT x.indrelid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_index x ON x.indexrelid OPERATOR(pg_catalog.=) c.oid, ns
-    WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.relname OPERATOR(pg_catalog.=) ANY(%(names)s::text[])
+    WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.relname OPERATOR(pg_catalog.=) ANY(%(names)s::pg_catalog.text[])
 ),
 rels AS (
   SELECT c.oid, c.relname, c.relkind FROM (SELECT DISTINCT oid FROM cand) k
@@ -201,14 +201,14 @@ rels AS (
   WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND NOT (c.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
 types AS (
-  SELECT t.oid, t.typname FROM (SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::regclass
-      UNION SELECT n.oid FROM pg_catalog.pg_type n, ns WHERE n.typname OPERATOR(pg_catalog.=) ANY(%(names)s::text[]) AND n.typnamespace OPERATOR(pg_catalog.=) ns.oid) k
+  SELECT t.oid, t.typname FROM (SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
+      UNION SELECT n.oid FROM pg_catalog.pg_type n, ns WHERE n.typname OPERATOR(pg_catalog.=) ANY(%(names)s::pg_catalog.text[]) AND n.typnamespace OPERATOR(pg_catalog.=) ns.oid) k
     CROSS JOIN LATERAL (SELECT t.oid, t.typname, t.typtype, t.typnamespace FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) t, ns
   WHERE t.typnamespace OPERATOR(pg_catalog.=) ns.oid AND t.typtype OPERATOR(pg_catalog.=) 'e' AND NOT (t.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
 procs AS (
-  SELECT p.oid FROM (SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::regclass
-      UNION SELECT n.oid FROM pg_catalog.pg_proc n, ns WHERE n.proname OPERATOR(pg_catalog.=) ANY(%(names)s::text[]) AND n.pronamespace OPERATOR(pg_catalog.=) ns.oid) k
+  SELECT p.oid FROM (SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+      UNION SELECT n.oid FROM pg_catalog.pg_proc n, ns WHERE n.proname OPERATOR(pg_catalog.=) ANY(%(names)s::pg_catalog.text[]) AND n.pronamespace OPERATOR(pg_catalog.=) ns.oid) k
     CROSS JOIN LATERAL (SELECT p.oid, p.pronamespace FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) p, ns
   WHERE p.pronamespace OPERATOR(pg_catalog.=) ns.oid AND NOT (p.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),"""
@@ -220,7 +220,7 @@ cols AS (
          pg_catalog.format_type(a.atttypid, a.atttypmod) AS type,
          a.attnotnull AS not_null,
          pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS default_expr,
-         a.attidentity::text AS identity, a.attgenerated::text AS generated
+         a.attidentity::pg_catalog.text AS identity, a.attgenerated::pg_catalog.text AS generated
   FROM rels r
   -- per relation on pg_attribute's index (OFFSET 0): a scoped read holds a few relations, not the whole catalog
   CROSS JOIN LATERAL (SELECT * FROM pg_catalog.pg_attribute a
@@ -229,7 +229,7 @@ cols AS (
   WHERE r.relkind OPERATOR(pg_catalog.=) ANY ('{{r,p,v,m,f}}'::pg_catalog."char"[])
 )
 SELECT pg_catalog.json_build_object(
-  'relations', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(relname, relkind::text,
+  'relations', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(relname, relkind::pg_catalog.text,
                   CASE WHEN relkind OPERATOR(pg_catalog.=) ANY ('{{v,m}}'::pg_catalog."char"[]) THEN pg_catalog.pg_get_viewdef(oid) END)), '[]')
                 FROM rels WHERE relkind OPERATOR(pg_catalog.=) ANY ('{{r,p,v,m,f,S}}'::pg_catalog."char"[])),
   'columns', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(relname, attname, position, type, not_null,
@@ -241,20 +241,20 @@ SELECT pg_catalog.json_build_object(
   'indexes', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(i.relname, t.relname,
                   pg_catalog.pg_get_indexdef(x.indexrelid), x.indisvalid)), '[]')
               {indexes_of_rels}),
-  'constraints', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.relname, c.conname, c.contype::text,
+  'constraints', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.relname, c.conname, c.contype::pg_catalog.text,
                   pg_catalog.pg_get_constraintdef(c.oid))), '[]')
                   {constraints_of_rels}),
   'functions', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(
                   p.proname OPERATOR(pg_catalog.||) '(' OPERATOR(pg_catalog.||) pg_catalog.pg_get_function_identity_arguments(p.oid) OPERATOR(pg_catalog.||) ')',
-                  p.prokind::text, pg_catalog.md5(p.prosrc))), '[]')
+                  p.prokind::pg_catalog.text, pg_catalog.md5(p.prosrc))), '[]')
                 FROM pg_catalog.pg_proc p JOIN procs ON procs.oid OPERATOR(pg_catalog.=) p.oid),
   -- the oldest transaction this read could not see: every later catalog change has xmin at or after it
-  'horizon', pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot())::text,
+  'horizon', pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot())::pg_catalog.text,
   -- what else decides what the read returns: the settings definitions are printed under, extension membership
   'session', pg_catalog.md5(pg_catalog.concat_ws('|', pg_catalog.current_setting('search_path'), pg_catalog.current_setting('quote_all_identifiers'),
                  pg_catalog.current_setting('extra_float_digits'), pg_catalog.current_setting('DateStyle'), pg_catalog.current_setting('IntervalStyle'),
                  pg_catalog.current_setting('TimeZone'), pg_catalog.current_setting('bytea_output'), pg_catalog.current_setting('standard_conforming_strings'),
-                 pg_catalog.current_setting('xmloption'), (SELECT pg_catalog.string_agg(objid::text, ',' ORDER BY objid) FROM ext))){extra}
+                 pg_catalog.current_setting('xmloption'), (SELECT pg_catalog.string_agg(objid::pg_catalog.text, ',' ORDER BY objid) FROM ext))){extra}
 )
 """
 
@@ -272,12 +272,12 @@ _SCOPED_EXTRA = (
     """,
   'owners', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(k, v, here)), '[]') FROM (
                SELECT 'c:' OPERATOR(pg_catalog.||) c.oid, c.relname, c.relnamespace OPERATOR(pg_catalog.=) ns.oid FROM pg_catalog.pg_class c, ns
-                 WHERE c.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM touched WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::regclass)
-                   AND c.relnamespace OPERATOR(pg_catalog.<>) 'pg_toast'::regnamespace
+                 WHERE c.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM touched WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass)
+                   AND c.relnamespace OPERATOR(pg_catalog.<>) 'pg_toast'::pg_catalog.regnamespace
                UNION ALL SELECT 't:' OPERATOR(pg_catalog.||) t.oid, t.typname, t.typnamespace OPERATOR(pg_catalog.=) ns.oid FROM pg_catalog.pg_type t, ns
-                 WHERE t.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM touched WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::regclass) AND t.typtype OPERATOR(pg_catalog.=) 'e'
+                 WHERE t.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM touched WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass) AND t.typtype OPERATOR(pg_catalog.=) 'e'
                UNION ALL SELECT 'p:' OPERATOR(pg_catalog.||) p.oid, p.proname, p.pronamespace OPERATOR(pg_catalog.=) ns.oid FROM pg_catalog.pg_proc p, ns
-                 WHERE p.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM touched WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::regclass)) o(k, v, here)),
+                 WHERE p.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM touched WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass)) o(k, v, here)),
   'writes', """
     + XACT_WRITES
     # the write counts this read compared with, as the transaction's setting holds them: a migration can change a
@@ -535,7 +535,7 @@ def compare(expected: Catalog, live: Catalog) -> list[Difference]:
 # The write counts at the start of a transaction, kept in it for the scoped read (the step runner sends the same with
 # its timeouts: guards.timeouts_query).
 WRITES_AT_BEGIN = (
-    "SELECT pg_catalog.set_config('wishlist.xact_writes', coalesce(w::text, 'null'), true), w FROM (SELECT " + XACT_WRITES + " AS w) x"
+    "SELECT pg_catalog.set_config('wishlist.xact_writes', coalesce(w::pg_catalog.text, 'null'), true), w FROM (SELECT " + XACT_WRITES + " AS w) x"
 )
 
 

@@ -47,7 +47,7 @@ def preflight_statement(schema: str, ledger_schema: str) -> tuple[str, dict[str,
         " s.ledger IS NOT NULL, pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE'),"
         " ARRAY(SELECT p FROM pg_catalog.unnest(ARRAY['USAGE', 'CREATE']) p WHERE s.ledger IS NOT NULL AND NOT pg_catalog.has_schema_privilege(s.ledger, p)),"
         " ARRAY(SELECT x.rel OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) p FROM (VALUES ('applied', t.tbl), ('owner', t.own)) x(rel, oid),"
-        "       pg_catalog.unnest(%(privs)s::text[]) p WHERE x.oid IS NOT NULL AND NOT pg_catalog.has_table_privilege(x.oid, p)),"
+        "       pg_catalog.unnest(%(privs)s::pg_catalog.text[]) p WHERE x.oid IS NOT NULL AND NOT pg_catalog.has_table_privilege(x.oid, p)),"
         " pg_catalog.quote_ident(pg_catalog.current_database()), pg_catalog.quote_ident(current_user), pg_catalog.quote_ident(%(schema)s), pg_catalog.quote_ident(%(ledger)s)"
         " FROM s, t",
         {"schema": schema, "ledger": ledger_schema, "privs": list(TABLE_PRIVILEGES)},
@@ -99,7 +99,7 @@ def preflight_check(row: tuple[Any, ...] | None, settings: ConnectionSettings) -
 def _holder(conn: psycopg.Connection[Any], key: int) -> str:
     """Who holds the advisory lock `key` (a bigint key is stored as classid = high 32 bits, objid = low 32 bits)."""
     row = conn.execute(
-        "SELECT a.pid, a.application_name, a.usename, a.client_addr::text, a.backend_start, a.state, a.state_change,"
+        "SELECT a.pid, a.application_name, a.usename, a.client_addr::pg_catalog.text, a.backend_start, a.state, a.state_change,"
         " left(regexp_replace(a.query, '\\s+', ' ', 'g'), 120)"
         " FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid"
         " WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted AND l.objsubid OPERATOR(pg_catalog.=) 1 AND l.database OPERATOR(pg_catalog.=) "
@@ -172,7 +172,7 @@ def timeouts_query(options: RunOptions, *, local: bool) -> tuple[str, tuple[Any,
         "SELECT pg_catalog.set_config('lock_timeout', %s, %s), pg_catalog.set_config('statement_timeout', %s, %s),"
         " pg_catalog.set_config('client_connection_check_interval', '1s', false), pg_catalog.set_config('jit', 'off', %s),"
         " pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', %s),"
-        " pg_catalog.set_config('wishlist.xact_writes', coalesce(w::text, 'null'), %s), w FROM (SELECT " + XACT_WRITES + " AS w) x",
+        " pg_catalog.set_config('wishlist.xact_writes', coalesce(w::pg_catalog.text, 'null'), %s), w FROM (SELECT " + XACT_WRITES + " AS w) x",
         (f"{options.lock_timeout_ms}ms", local, f"{options.statement_timeout_ms}ms", local, local, local, local),
     )
 

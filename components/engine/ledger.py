@@ -76,8 +76,8 @@ class LedgerState:
 
 # What a database says about itself when it has no ledger (read before the ledger, in the same round trip).
 ABSENT = (
-    "SELECT pg_catalog.json_build_object('rows', '[]'::json, 'owner', NULL,"
-    " 'sysid', (SELECT system_identifier::text FROM pg_catalog.pg_control_system()), 'db', pg_catalog.current_database())"
+    "SELECT pg_catalog.json_build_object('rows', '[]'::pg_catalog.json, 'owner', NULL,"
+    " 'sysid', (SELECT system_identifier::pg_catalog.text FROM pg_catalog.pg_control_system()), 'db', pg_catalog.current_database())"
 )
 
 
@@ -120,9 +120,9 @@ class Ledger:
             " 'others', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(set_name, v)), '[]') FROM (SELECT set_name,"
             "   pg_catalog.json_agg(pg_catalog.json_build_array(version, checksum) ORDER BY version::bigint) AS v FROM {applied}"
             "   WHERE set_name OPERATOR(pg_catalog.<>) %(set)s AND status OPERATOR(pg_catalog.=) 'applied' GROUP BY set_name) o),"
-            " 'format', (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute WHERE attrelid OPERATOR(pg_catalog.=) ANY (ARRAY[%(table)s::regclass, %(owner)s::regclass])"
+            " 'format', (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute WHERE attrelid OPERATOR(pg_catalog.=) ANY (ARRAY[%(table)s::pg_catalog.regclass, %(owner)s::pg_catalog.regclass])"
             "   AND attname OPERATOR(pg_catalog.=) ANY (ARRAY['statements_done', 'done_digest', 'direction', 'resource_id']::pg_catalog.name[]) AND NOT attisdropped),"
-            " 'sysid', (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),"
+            " 'sysid', (SELECT system_identifier::pg_catalog.text FROM pg_catalog.pg_control_system()),"
             " 'db', pg_catalog.current_database())"
         ).format(applied=self._t("applied"), owner=self._t("owner"))
         table, owner_table = self._t("applied").as_string(conn), self._t("owner").as_string(conn)
@@ -182,19 +182,19 @@ class Ledger:
         conn.execute(
             sql.SQL(
                 "DO {tag} BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) {name}) THEN"
-                " EXECUTE format('CREATE SCHEMA %I', {name}); END IF; END {tag};"
+                " EXECUTE pg_catalog.format('CREATE SCHEMA %I', {name}); END IF; END {tag};"
                 "CREATE TABLE IF NOT EXISTS {applied} ("
-                " set_name text NOT NULL, version text NOT NULL, name text NOT NULL, checksum text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT pg_catalog.now(), applied_by text NOT NULL,"
-                " duration_ms integer NOT NULL DEFAULT 0, stack text, database_identity text NOT NULL,"
-                " fingerprint text, status text NOT NULL DEFAULT 'applied' CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['applied', 'started'])),"
+                " set_name pg_catalog.text NOT NULL, version pg_catalog.text NOT NULL, name pg_catalog.text NOT NULL, checksum pg_catalog.text NOT NULL,"
+                " applied_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(), applied_by pg_catalog.text NOT NULL,"
+                " duration_ms integer NOT NULL DEFAULT 0, stack pg_catalog.text, database_identity pg_catalog.text NOT NULL,"
+                " fingerprint pg_catalog.text, status pg_catalog.text NOT NULL DEFAULT 'applied' CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['applied', 'started'])),"
                 " PRIMARY KEY (set_name, version));"
                 "CREATE TABLE IF NOT EXISTS {owner} ("
-                " set_name text PRIMARY KEY, stack text NOT NULL, system_identifier text NOT NULL,"
-                " database text NOT NULL, claimed_at timestamptz NOT NULL DEFAULT pg_catalog.now());"
+                " set_name pg_catalog.text PRIMARY KEY, stack pg_catalog.text NOT NULL, system_identifier pg_catalog.text NOT NULL,"
+                " database pg_catalog.text NOT NULL, claimed_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now());"
                 "ALTER TABLE {applied} ADD COLUMN IF NOT EXISTS statements_done integer NOT NULL DEFAULT 0,"
-                " ADD COLUMN IF NOT EXISTS done_digest text, ADD COLUMN IF NOT EXISTS direction text NOT NULL DEFAULT 'up';"
-                "ALTER TABLE {owner} ADD COLUMN IF NOT EXISTS resource_id text"
+                " ADD COLUMN IF NOT EXISTS done_digest pg_catalog.text, ADD COLUMN IF NOT EXISTS direction pg_catalog.text NOT NULL DEFAULT 'up';"
+                "ALTER TABLE {owner} ADD COLUMN IF NOT EXISTS resource_id pg_catalog.text"
             ).format(applied=self._t("applied"), owner=self._t("owner"), name=name, tag=sql.SQL(tag))
         )
 
@@ -243,8 +243,8 @@ class Ledger:
             (statements_done, done_digest, self.set_name, version),
         )
 
-    def forget(self, conn: psycopg.Connection[Any], version: str) -> None:
-        conn.execute(
+    def forget(self, conn: psycopg.Connection[Any], version: str) -> psycopg.Cursor[Any]:
+        return conn.execute(
             sql.SQL("DELETE FROM {} WHERE set_name OPERATOR(pg_catalog.=) %s AND version OPERATOR(pg_catalog.=) %s").format(
                 self._t("applied")
             ),

@@ -188,7 +188,7 @@ class StepRunner:
         # A statement that may deallocate the engine's prepared statements: the rest of this step's queries go unprepared.
         direct = any(st.kind in DROP_PREPARED for st in statements)
         scoped = self.verified is not None and not full and len(self.verified.catalog) >= SCOPED_FROM
-        deferred = None
+        recorded = deferred = None
         try:
             for cursor, stmt in zip(sent, statements, strict=True):
                 cursor.execute(stmt.text.encode(), prepare=False)
@@ -198,7 +198,7 @@ class StepRunner:
             # The ledger row, then what would otherwise run at COMMIT, go before the read: user code they run (a trigger
             # on the ledger, a deferred constraint trigger) changes what the read must see. The row rolls back with the
             # rest unless the read proves the snapshot.
-            self._record(step, None, expected_fingerprint, prepared=not direct)
+            recorded = self._record(step, None, expected_fingerprint, prepared=not direct)
             deferred = self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             self.conn.execute(cat.RESET_PRINT_SETTINGS)  # a migration's SET LOCAL DateStyle/search_path must not print into the read
             if scoped:
@@ -221,7 +221,7 @@ class StepRunner:
             replaced = replaced_names(str(exc))
             if replaced is not None or sqlstate(exc) == DUPLICATE_PREPARED:
                 raise self._replaced(label, replaced, exc, before=timeouts.pgresult is None) from None
-            if deferred is not None and deferred.pgresult is None and failed is None and sqlstate(exc).startswith("23"):
+            if recorded is not None and recorded.pgresult is not None and deferred is not None and deferred.pgresult is None:
                 raise StatementFailed(
                     f"{label}: a deferred constraint failed when checked after the last statement ({first_line(exc, self.settings)} "
                     f"[SQLSTATE {sqlstate(exc)}]); the migration was rolled back, the ledger is unchanged.",
@@ -490,7 +490,7 @@ class StepRunner:
             "SELECT DISTINCT l.pid, a.application_name, a.state, a.xact_start, pg_catalog.left(pg_catalog.regexp_replace(a.query, '\\s+', ' ', 'g'), 100)"
             " FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid"
             " WHERE l.granted AND l.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() AND l.relation OPERATOR(pg_catalog.=) ANY("
-            "  ARRAY(SELECT pg_catalog.to_regclass(n) FROM pg_catalog.unnest(%s::text[]) n)) ORDER BY l.pid",
+            "  ARRAY(SELECT pg_catalog.to_regclass(n) FROM pg_catalog.unnest(%s::pg_catalog.text[]) n)) ORDER BY l.pid",
             (names,),
         ).fetchall()
         if not rows:
@@ -545,12 +545,11 @@ class StepRunner:
         done: int = 0,
         digest: str | None = None,
         prepared: bool = False,
-    ) -> None:
+    ) -> psycopg.Cursor[Any]:
         """The step's ledger row; `started` None: the server measures the duration from the transaction's start."""
         m = step.migration
         if step.direction == "down" and status == APPLIED:
-            self.ledger.forget(self.conn, m.version)
-            return
+            return self.ledger.forget(self.conn, m.version)
         row = self.ledger.record_statement(
             version=m.version,
             name=m.name,
@@ -566,6 +565,5 @@ class StepRunner:
             direction=step.direction,
         )
         if prepared:
-            self.prepared.execute("wishlist_ledger_record", *row)
-        else:
-            self.conn.execute(*row)
+            return self.prepared.execute("wishlist_ledger_record", *row)
+        return self.conn.execute(*row)

@@ -26,20 +26,20 @@ _REL_SQL = (
 # and the relations they name together with those that change with them under their lock without one of their own (an
 # index or an owned sequence moves with its table's ALTER ... SET SCHEMA): each by OID, and whether it is in the schema.
 _TOUCHED_SQL = (
-    "WITH lk AS (SELECT relation::oid AS oid, mode FROM pg_catalog.pg_locks WHERE locktype OPERATOR(pg_catalog.=) 'relation'"
+    "WITH lk AS (SELECT relation::pg_catalog.oid AS oid, mode FROM pg_catalog.pg_locks WHERE locktype OPERATOR(pg_catalog.=) 'relation'"
     "  AND pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND granted AND relation OPERATOR(pg_catalog.>=) 16384),"
     " k AS (SELECT DISTINCT oid FROM lk),"
     " cand AS (SELECT oid FROM k"
     "  UNION SELECT i.indexrelid FROM k JOIN pg_catalog.pg_index i ON i.indrelid OPERATOR(pg_catalog.=) k.oid"
-    "  UNION SELECT d.objid FROM k JOIN pg_catalog.pg_depend d ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::regclass"
-    "   AND d.refobjid OPERATOR(pg_catalog.=) k.oid AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::regclass),"
+    "  UNION SELECT d.objid FROM k JOIN pg_catalog.pg_depend d ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass"
+    "   AND d.refobjid OPERATOR(pg_catalog.=) k.oid AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass),"
     " rels AS (SELECT cand.oid, c.relname, c.relkind, c.relfilenode, COALESCE(pg_catalog.pg_stat_get_xact_numscans(c.oid), 0) AS scans,"
     "  c.oid IS NOT NULL AND n.nspname OPERATOR(pg_catalog.=) %s AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,m,i,I,S,v,f}'::pg_catalog.\"char\"[]) AS here"
     "  FROM cand LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) cand.oid LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace)"
     " SELECT (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(oid, mode)), '[]') FROM lk),"
     "  (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(oid, relname, relkind, relfilenode, scans, here)), '[]') FROM rels)"
 )
-_SCANS_SQL = "SELECT oid, pg_catalog.pg_stat_get_xact_numscans(oid) FROM pg_catalog.unnest(%s::oid[]) AS oid"
+_SCANS_SQL = "SELECT oid, pg_catalog.pg_stat_get_xact_numscans(oid) FROM pg_catalog.unnest(%s::pg_catalog.oid[]) AS oid"
 _LOCK_SQL = "SELECT relation, mode FROM pg_catalog.pg_locks WHERE locktype OPERATOR(pg_catalog.=) 'relation' AND pid OPERATOR(pg_catalog.=) %s AND granted"
 _WAIT_SQL = "SELECT relation, mode, granted FROM pg_catalog.pg_locks WHERE pid OPERATOR(pg_catalog.=) %s"
 

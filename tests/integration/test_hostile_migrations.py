@@ -299,3 +299,25 @@ def test_check_of_a_version_that_takes_the_name_of_the_engines_proof(set_copy: P
     first.write_text("DO $$ BEGIN EXECUTE 'PREPARE wishlist_scoped AS SELECT 1'; END $$;\n" + first.read_text())
     mset = _write(set_copy, admin, {"0008": BASE["0008"]})
     assert replay(admin, mset) == []
+
+
+def test_a_deferred_constraint_that_fails_is_named_and_the_step_rolled_back(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    mset = _write(
+        set_copy,
+        admin,
+        {
+            "0008": "CREATE TABLE parent (id int PRIMARY KEY);\n"
+            "CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);\n",
+            "0009": BASE["0009"],
+        },
+    )
+    mset = _swap(set_copy, "0009", BASE["0009"] + "INSERT INTO child VALUES (1, 42);\n")
+    with pytest.raises(MigrationError) as failure:
+        Engine(fresh_db, mset).apply()
+    message = str(failure.value)
+    assert "0009" in message and "deferred constraint" in message and "child_parent_id_fkey" in message
+    assert "rolled back" in message and "ledger is unchanged" in message
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008"]
+    assert "b" not in _relations(fresh_db)

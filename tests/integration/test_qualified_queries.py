@@ -2,7 +2,9 @@
 
 The engine's sessions run with the migrated schema on the search_path (definitions print relative to it), and a
 function or operator there that matches the argument types better than pg_catalog's wins: a schema's json_agg(json)
-beats pg_catalog.json_agg(anyelement). pg_dump qualifies its queries the same way (`OPERATOR(pg_catalog.=)`)."""
+beats pg_catalog.json_agg(anyelement). Types and relations are looked up in the session's temporary schema first
+(a migration can create `pg_temp.regclass`, a domain whose CHECK runs its code inside the engine's read). pg_dump
+qualifies its queries the same way (`OPERATOR(pg_catalog.=)`, `pg_catalog.text`)."""
 
 from __future__ import annotations
 
@@ -67,6 +69,9 @@ def _found(node: ast.Node) -> str | None:
         return "CASE x WHEN (compares with =)"
     if isinstance(node, ast.SortBy) and node.useOp:
         return "ORDER BY ... USING"
+    if isinstance(node, ast.TypeName) and _name(node.names)[:1] != ("pg_catalog",):
+        # the session's temporary schema is searched for types before pg_catalog (never for functions or operators)
+        return "type " + ".".join(_name(node.names))
     if isinstance(node, ast.RangeVar) and not node.schemaname:
         return "relation " + node.relname
     return None
@@ -82,7 +87,7 @@ def unqualified(query: str) -> list[str]:
 def test_the_checker_finds_what_resolves_through_the_search_path() -> None:
     query = (
         "WITH c AS (SELECT 1 AS x) SELECT json_agg(x), a = b, nullif(a, ''), x IN (1, 2), x IS DISTINCT FROM 1,"
-        " CASE x WHEN 1 THEN 2 END FROM c JOIN t USING (x) WHERE x NOT IN (SELECT 1) AND y LIKE 'z'"
+        " CASE x WHEN 1 THEN 2 END, 'a'::regclass FROM c JOIN t USING (x) WHERE x NOT IN (SELECT 1) AND y LIKE 'z'"
     )
     assert unqualified(query) == sorted(
         [
@@ -96,11 +101,13 @@ def test_the_checker_finds_what_resolves_through_the_search_path() -> None:
             "IN / ANY (subquery)",
             "LIKE",
             "relation t",
+            "type regclass",
         ]
     )
     clean = (
         "WITH c AS (SELECT 1 AS x) SELECT pg_catalog.json_agg(x), a OPERATOR(pg_catalog.=) b FROM c"
         " JOIN pg_catalog.pg_class k ON k.oid OPERATOR(pg_catalog.=) c.x WHERE x OPERATOR(pg_catalog.=) ANY (SELECT 1)"
+        " AND k.oid OPERATOR(pg_catalog.<>) 'a'::pg_catalog.regclass AND x::bigint OPERATOR(pg_catalog.>) 0"
     )
     assert unqualified(clean) == []
 
