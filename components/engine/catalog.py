@@ -18,18 +18,18 @@ Catalog = dict[str, dict[str, Any]]
 # One statement, one round trip. Extension members are left out (they belong to the extension).
 # The full read and the scoped read (only what changed since a horizon) share every line below `rels`, `types`
 # and `procs`, so that both produce the same entries for the same object.
-_EXT = "ext AS (SELECT objid FROM pg_catalog.pg_depend WHERE refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass AND deptype OPERATOR(pg_catalog.=) 'e')"
+_EXT = "ext AS (SELECT classid, objid, refobjid FROM pg_catalog.pg_depend WHERE refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass AND deptype OPERATOR(pg_catalog.=) 'e')"
 
 _FULL_HEAD = f"""
 WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) %(schema)s),
 {_EXT},
 rels AS (
-  SELECT c.oid, c.relname, c.relkind FROM pg_catalog.pg_class c, ns
+  SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity FROM pg_catalog.pg_class c, ns
   WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND NOT (c.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
 types AS (
-  SELECT t.oid, t.typname FROM pg_catalog.pg_type t, ns
-  WHERE t.typnamespace OPERATOR(pg_catalog.=) ns.oid AND t.typtype OPERATOR(pg_catalog.=) 'e' AND NOT (t.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
+  SELECT t.oid, t.typname, t.typtype FROM pg_catalog.pg_type t, ns
+  WHERE t.typnamespace OPERATOR(pg_catalog.=) ns.oid AND t.typtype OPERATOR(pg_catalog.=) ANY ('{{e,d}}'::pg_catalog."char"[]) AND NOT (t.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
 procs AS (
   SELECT p.oid FROM pg_catalog.pg_proc p, ns WHERE p.pronamespace OPERATOR(pg_catalog.=) ns.oid AND NOT (p.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
@@ -43,9 +43,11 @@ _WRITTEN_BY: dict[str, list[tuple[str, str]]] = {
     "pg_attribute": [("pg_class", "x.attrelid")],
     "pg_attrdef": [("pg_class", "x.adrelid"), ("pg_attrdef", "x.oid")],
     "pg_index": [("pg_class", "x.indexrelid"), ("pg_class", "x.indrelid")],
-    "pg_constraint": [("pg_constraint", "x.oid"), ("pg_class", "x.conrelid")],
+    "pg_constraint": [("pg_constraint", "x.oid"), ("pg_class", "x.conrelid"), ("pg_type", "x.contypid")],
     "pg_rewrite": [("pg_rewrite", "x.oid"), ("pg_class", "x.ev_class")],
     "pg_type": [("pg_type", "x.oid")],
+    "pg_trigger": [("pg_class", "x.tgrelid")],
+    "pg_policy": [("pg_class", "x.polrelid")],
     "pg_enum": [("pg_type", "x.enumtypid")],
     "pg_proc": [("pg_proc", "x.oid")],
     "pg_namespace": [("pg_namespace", "x.oid")],
@@ -64,13 +66,15 @@ _BY_LOCK: dict[str, tuple[str, str]] = {
     "pg_constraint": ("locked", "conrelid"),
     "pg_rewrite": ("locked", "ev_class"),
     "pg_type": ("locked_types", "oid"),
+    "pg_trigger": ("locked", "tgrelid"),
+    "pg_policy": ("locked", "polrelid"),
 }
-# Catalogs a step writes as a side effect of what the scoped proof follows (dependencies, statistics, sequences' state,
-# the internal triggers of a foreign key), or that the catalog model does not compare at all, in the whole read either
-# (triggers, sequence options: a known gap of the model, not of the scoped proof).
-_IGNORED = ("pg_depend", "pg_shdepend", "pg_statistic", "pg_statistic_ext_data", "pg_sequence", "pg_init_privs", "pg_trigger")
+# Catalogs a step writes as a side effect of what the scoped proof follows (dependencies, statistics, privileges of
+# extension objects), or that the catalog model does not compare at all, in the whole read either (sequence options:
+# a known gap of the model, not of the scoped proof).
+_IGNORED = ("pg_depend", "pg_shdepend", "pg_statistic", "pg_statistic_ext_data", "pg_sequence", "pg_init_privs")
 # Catalogs whose deleted rows mean a dropped object (which leaves no row to read).
-_DROPS = ("pg_class", "pg_constraint", "pg_type", "pg_proc")
+_DROPS = ("pg_class", "pg_constraint", "pg_type", "pg_proc", "pg_trigger", "pg_policy")
 
 
 def _writes(table: str) -> str:
@@ -191,20 +195,25 @@ cand AS (
     WHERE r.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) r WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
   UNION SELECT t.typrelid FROM closure c CROSS JOIN LATERAL (SELECT t.typrelid FROM pg_catalog.pg_type t
     WHERE t.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) t WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
+  UNION SELECT g.tgrelid FROM closure c CROSS JOIN LATERAL (SELECT g.tgrelid FROM pg_catalog.pg_trigger g
+    WHERE g.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) g WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
+  UNION SELECT y.polrelid FROM closure c CROSS JOIN LATERAL (SELECT y.polrelid FROM pg_catalog.pg_policy y
+    WHERE y.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) y WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass
   UNION SELECT c.oid FROM pg_catalog.pg_class c, ns WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.relname OPERATOR(pg_catalog.=) ANY(%(names)s::pg_catalog.text[])
   UNION SELECT x.indrelid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_index x ON x.indexrelid OPERATOR(pg_catalog.=) c.oid, ns
     WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.relname OPERATOR(pg_catalog.=) ANY(%(names)s::pg_catalog.text[])
 ),
 rels AS (
-  SELECT c.oid, c.relname, c.relkind FROM (SELECT DISTINCT oid FROM cand) k
-    CROSS JOIN LATERAL (SELECT c.oid, c.relname, c.relkind, c.relnamespace FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) c, ns
+  SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity FROM (SELECT DISTINCT oid FROM cand) k
+    CROSS JOIN LATERAL (SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity, c.relnamespace
+      FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) c, ns
   WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND NOT (c.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
 types AS (
-  SELECT t.oid, t.typname FROM (SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
+  SELECT t.oid, t.typname, t.typtype FROM (SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
       UNION SELECT n.oid FROM pg_catalog.pg_type n, ns WHERE n.typname OPERATOR(pg_catalog.=) ANY(%(names)s::pg_catalog.text[]) AND n.typnamespace OPERATOR(pg_catalog.=) ns.oid) k
     CROSS JOIN LATERAL (SELECT t.oid, t.typname, t.typtype, t.typnamespace FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) t, ns
-  WHERE t.typnamespace OPERATOR(pg_catalog.=) ns.oid AND t.typtype OPERATOR(pg_catalog.=) 'e' AND NOT (t.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
+  WHERE t.typnamespace OPERATOR(pg_catalog.=) ns.oid AND t.typtype OPERATOR(pg_catalog.=) ANY ('{{e,d}}'::pg_catalog."char"[]) AND NOT (t.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
 procs AS (
   SELECT p.oid FROM (SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
@@ -220,24 +229,41 @@ cols AS (
          pg_catalog.format_type(a.atttypid, a.atttypmod) AS type,
          a.attnotnull AS not_null,
          pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS default_expr,
-         a.attidentity::pg_catalog.text AS identity, a.attgenerated::pg_catalog.text AS generated
+         a.attidentity::pg_catalog.text AS identity, a.attgenerated::pg_catalog.text AS generated,
+         -- the collation only where it is not the type's own (the common case prints nothing)
+         CASE WHEN a.attcollation OPERATOR(pg_catalog.<>) (SELECT y.typcollation FROM pg_catalog.pg_type y
+                                                            WHERE y.oid OPERATOR(pg_catalog.=) a.atttypid)
+              THEN a.attcollation::pg_catalog.regcollation::pg_catalog.text END AS collation_name
   FROM rels r
   -- per relation on pg_attribute's index (OFFSET 0): a scoped read holds a few relations, not the whole catalog
   CROSS JOIN LATERAL (SELECT * FROM pg_catalog.pg_attribute a
                       WHERE a.attrelid OPERATOR(pg_catalog.=) r.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped OFFSET 0) a
   LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid OPERATOR(pg_catalog.=) a.attrelid AND d.adnum OPERATOR(pg_catalog.=) a.attnum
-  WHERE r.relkind OPERATOR(pg_catalog.=) ANY ('{{r,p,v,m,f}}'::pg_catalog."char"[])
+  WHERE r.relkind OPERATOR(pg_catalog.=) ANY ('{{r,p,v,m,f,c}}'::pg_catalog."char"[])
 )
 SELECT pg_catalog.json_build_object(
   'relations', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(relname, relkind::pg_catalog.text,
-                  CASE WHEN relkind OPERATOR(pg_catalog.=) ANY ('{{v,m}}'::pg_catalog."char"[]) THEN pg_catalog.pg_get_viewdef(oid) END)), '[]')
-                FROM rels WHERE relkind OPERATOR(pg_catalog.=) ANY ('{{r,p,v,m,f,S}}'::pg_catalog."char"[])),
+                  CASE WHEN relkind OPERATOR(pg_catalog.=) ANY ('{{v,m}}'::pg_catalog."char"[]) THEN pg_catalog.pg_get_viewdef(oid) END,
+                  -- what is not the default only: an ordinary table prints {{}}
+                  pg_catalog.json_strip_nulls(pg_catalog.json_build_object(
+                    'unlogged', CASE WHEN relpersistence OPERATOR(pg_catalog.=) 'u' THEN true END,
+                    'row_security', CASE WHEN relrowsecurity THEN true END,
+                    'force_row_security', CASE WHEN relforcerowsecurity THEN true END)))), '[]')
+                FROM rels WHERE relkind OPERATOR(pg_catalog.=) ANY ('{{r,p,v,m,f,S,c}}'::pg_catalog."char"[])),
   'columns', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(relname, attname, position, type, not_null,
-                  default_expr, identity, generated)), '[]') FROM cols),
+                  default_expr, identity, generated, collation_name)), '[]') FROM cols),
   'enums', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.typname,
                   (SELECT pg_catalog.json_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_catalog.pg_enum e
                    WHERE e.enumtypid OPERATOR(pg_catalog.=) t.oid))), '[]')
-            FROM types t),
+            FROM types t WHERE t.typtype OPERATOR(pg_catalog.=) 'e'),
+  'domains', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.typname,
+                  pg_catalog.format_type(d.typbasetype, d.typtypmod), d.typnotnull, d.typdefault,
+                  CASE WHEN d.typcollation OPERATOR(pg_catalog.<>) b.typcollation THEN d.typcollation::pg_catalog.regcollation::pg_catalog.text END,
+                  (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(k.conname, pg_catalog.pg_get_constraintdef(k.oid)) ORDER BY k.conname)
+                   FROM pg_catalog.pg_constraint k WHERE k.contypid OPERATOR(pg_catalog.=) t.oid))), '[]')
+              FROM types t JOIN pg_catalog.pg_type d ON d.oid OPERATOR(pg_catalog.=) t.oid
+                JOIN pg_catalog.pg_type b ON b.oid OPERATOR(pg_catalog.=) d.typbasetype
+              WHERE t.typtype OPERATOR(pg_catalog.=) 'd'),
   'indexes', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(i.relname, t.relname,
                   pg_catalog.pg_get_indexdef(x.indexrelid), x.indisvalid)), '[]')
               {indexes_of_rels}),
@@ -246,8 +272,39 @@ SELECT pg_catalog.json_build_object(
                   {constraints_of_rels}),
   'functions', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(
                   p.proname OPERATOR(pg_catalog.||) '(' OPERATOR(pg_catalog.||) pg_catalog.pg_get_function_identity_arguments(p.oid) OPERATOR(pg_catalog.||) ')',
-                  p.prokind::pg_catalog.text, pg_catalog.md5(p.prosrc))), '[]')
+                  p.prokind::pg_catalog.text, pg_catalog.md5(p.prosrc), pg_catalog.pg_get_function_result(p.oid),
+                  (SELECT l.lanname FROM pg_catalog.pg_language l WHERE l.oid OPERATOR(pg_catalog.=) p.prolang),
+                  -- what is not the default only
+                  pg_catalog.json_strip_nulls(pg_catalog.json_build_object(
+                    'security_definer', CASE WHEN p.prosecdef THEN true END,
+                    'strict', CASE WHEN p.proisstrict THEN true END,
+                    'leakproof', CASE WHEN p.proleakproof THEN true END,
+                    'volatility', CASE WHEN p.provolatile OPERATOR(pg_catalog.<>) 'v' THEN p.provolatile::pg_catalog.text END,
+                    'parallel', CASE WHEN p.proparallel OPERATOR(pg_catalog.<>) 'u' THEN p.proparallel::pg_catalog.text END,
+                    'config', p.proconfig)))), '[]')
                 FROM pg_catalog.pg_proc p JOIN procs ON procs.oid OPERATOR(pg_catalog.=) p.oid),
+  'triggers', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.relname, g.tgname,
+                  pg_catalog.pg_get_triggerdef(g.oid), g.tgenabled::pg_catalog.text)), '[]')
+               FROM rels t CROSS JOIN LATERAL (SELECT g.oid, g.tgname, g.tgenabled FROM pg_catalog.pg_trigger g
+                 WHERE g.tgrelid OPERATOR(pg_catalog.=) t.oid AND NOT g.tgisinternal OFFSET 0) g),
+  'policies', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.relname, y.polname, y.polcmd::pg_catalog.text,
+                  y.polpermissive,
+                  ARRAY(SELECT CASE WHEN r OPERATOR(pg_catalog.=) 0 THEN 'public' ELSE pg_catalog.pg_get_userbyid(r)::pg_catalog.text END
+                        FROM pg_catalog.unnest(y.polroles) r ORDER BY 1),
+                  pg_catalog.pg_get_expr(y.polqual, y.polrelid), pg_catalog.pg_get_expr(y.polwithcheck, y.polrelid))), '[]')
+               FROM rels t CROSS JOIN LATERAL (SELECT y.* FROM pg_catalog.pg_policy y
+                 WHERE y.polrelid OPERATOR(pg_catalog.=) t.oid OFFSET 0) y),
+  -- objects of the schema that belong to an extension: left out of everything above, listed here by identity, so that
+  -- an object added to an extension (ALTER EXTENSION ... ADD) does not vanish from the comparison
+  'extension_members', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(
+                  pg_catalog.pg_describe_object(e.classid, e.objid, 0), x.extname)), '[]')
+                FROM ext e JOIN pg_catalog.pg_extension x ON x.oid OPERATOR(pg_catalog.=) e.refobjid, ns
+                WHERE (e.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass AND EXISTS (SELECT FROM pg_catalog.pg_class c
+                         WHERE c.oid OPERATOR(pg_catalog.=) e.objid AND c.relnamespace OPERATOR(pg_catalog.=) ns.oid))
+                   OR (e.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass AND EXISTS (SELECT FROM pg_catalog.pg_type y
+                         WHERE y.oid OPERATOR(pg_catalog.=) e.objid AND y.typnamespace OPERATOR(pg_catalog.=) ns.oid))
+                   OR (e.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass AND EXISTS (SELECT FROM pg_catalog.pg_proc p
+                         WHERE p.oid OPERATOR(pg_catalog.=) e.objid AND p.pronamespace OPERATOR(pg_catalog.=) ns.oid))),
   -- the oldest transaction this read could not see: every later catalog change has xmin at or after it
   'horizon', pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot())::pg_catalog.text,
   -- what else decides what the read returns: the settings definitions are printed under, extension membership
@@ -275,7 +332,7 @@ _SCOPED_EXTRA = (
                  WHERE c.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM touched WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass)
                    AND c.relnamespace OPERATOR(pg_catalog.<>) 'pg_toast'::pg_catalog.regnamespace
                UNION ALL SELECT 't:' OPERATOR(pg_catalog.||) t.oid, t.typname, t.typnamespace OPERATOR(pg_catalog.=) ns.oid FROM pg_catalog.pg_type t, ns
-                 WHERE t.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM touched WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass) AND t.typtype OPERATOR(pg_catalog.=) 'e'
+                 WHERE t.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM touched WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass) AND t.typtype OPERATOR(pg_catalog.=) ANY ('{e,d}'::pg_catalog."char"[])
                UNION ALL SELECT 'p:' OPERATOR(pg_catalog.||) p.oid, p.proname, p.pronamespace OPERATOR(pg_catalog.=) ns.oid FROM pg_catalog.pg_proc p, ns
                  WHERE p.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM touched WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass)) o(k, v, here)),
   'writes', """
@@ -305,18 +362,26 @@ _SCOPED = _SCOPED_HEAD + _BODY.format(extra=_SCOPED_EXTRA, **_FEW)
 SCOPED = _SCOPED  # prepared once per connection by the step runner
 
 
-_RELATION_KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized_view", "f": "foreign_table", "S": "sequence"}
+_RELATION_KINDS = {
+    "r": "table",
+    "p": "table",
+    "v": "view",
+    "m": "materialized_view",
+    "f": "foreign_table",
+    "S": "sequence",
+    "c": "composite_type",
+}
 
 
 def parse_rows(raw: Mapping[str, Any]) -> Catalog:
     """Turn the introspection query's JSON into the flat catalog."""
     catalog: Catalog = {}
-    for name, relkind, viewdef in raw["relations"]:
+    for name, relkind, viewdef, flags in raw["relations"]:
         entry: dict[str, Any] = {}
         if viewdef is not None:
             entry["definition"] = viewdef
-        catalog[f"{_RELATION_KINDS[relkind]}:{name}"] = entry
-    for table, column, position, typ, not_null, default, identity, generated in raw["columns"]:
+        catalog[f"{_RELATION_KINDS[relkind]}:{name}"] = {**entry, **flags}
+    for table, column, position, typ, not_null, default, identity, generated, collation in raw["columns"]:
         catalog[f"column:{table}.{column}"] = {
             "position": position,
             "type": typ,
@@ -324,6 +389,7 @@ def parse_rows(raw: Mapping[str, Any]) -> Catalog:
             "default": default,
             **({"identity": identity} if identity else {}),
             **({"generated": generated} if generated else {}),
+            **({"collation": collation} if collation else {}),
         }
     for name, labels in raw["enums"]:
         catalog[f"enum:{name}"] = {"labels": labels or []}
@@ -331,8 +397,22 @@ def parse_rows(raw: Mapping[str, Any]) -> Catalog:
         catalog[f"index:{name}"] = {"table": table, "definition": definition, "valid": valid}
     for table, name, contype, definition in raw["constraints"]:
         catalog[f"constraint:{table}.{name}"] = {"type": contype, "definition": definition}
-    for signature, kind, body_md5 in raw["functions"]:
-        catalog[f"function:{signature}"] = {"kind": kind, "body_md5": body_md5}
+    for signature, kind, body_md5, returns, language, flags in raw["functions"]:
+        catalog[f"function:{signature}"] = {"kind": kind, "body_md5": body_md5, "returns": returns, "language": language, **flags}
+    for name, base, not_null, default, collation, checks in raw["domains"]:
+        catalog[f"domain:{name}"] = {
+            "type": base,
+            "not_null": not_null,
+            "default": default,
+            "constraints": {conname: definition for conname, definition in checks or []},
+            **({"collation": collation} if collation else {}),
+        }
+    for table, name, definition, enabled in raw["triggers"]:
+        catalog[f"trigger:{table}.{name}"] = {"definition": definition, **({"enabled": enabled} if enabled != "O" else {})}
+    for table, name, command, permissive, roles, using, check in raw["policies"]:
+        catalog[f"policy:{table}.{name}"] = {"command": command, "permissive": permissive, "roles": roles, "using": using, "check": check}
+    for identity, extension in raw["extension_members"]:
+        catalog[f"extension_member:{identity}"] = {"extension": extension}
     return dict(sorted(catalog.items()))
 
 
@@ -420,9 +500,10 @@ def scoped_result(
     live = parse_rows(raw)
     keys = set(delta) | live.keys()
     order = order if order is not None else sorted(after)  # `after`'s keys, sorted
-    for name, _kind, _def in raw["relations"]:
+    for name, _kind, _def, _flags in raw["relations"]:
         keys.update(f"{kind}:{name}" for kind in _RELATION_KINDS.values())
-        keys.update(_prefixed(order, f"column:{name}."), _prefixed(order, f"constraint:{name}."))
+        for prefix in ("column", "constraint", "trigger", "policy"):
+            keys.update(_prefixed(order, f"{prefix}:{name}."))
     if any(after.get(k) != live.get(k) for k in keys):
         return None
     prev.owners.update((key, name) for key, name, here in raw["owners"] if here)
@@ -442,7 +523,7 @@ def _names(keys: Iterable[str], *catalogs: Catalog) -> set[str]:
     out: set[str] = set()
     for key in keys:
         kind, _, name = key.partition(":")
-        if kind in ("column", "constraint"):
+        if kind in ("column", "constraint", "trigger", "policy"):
             out.update(name[:i] for i, ch in enumerate(name) if ch == ".")
         elif kind == "function":
             out.update(name[:i] for i, ch in enumerate(name) if ch == "(")
@@ -535,7 +616,9 @@ def compare(expected: Catalog, live: Catalog) -> list[Difference]:
 # The write counts at the start of a transaction, kept in it for the scoped read (the step runner sends the same with
 # its timeouts: guards.timeouts_query).
 WRITES_AT_BEGIN = (
-    "SELECT pg_catalog.set_config('wishlist.xact_writes', coalesce(w::pg_catalog.text, 'null'), true), w FROM (SELECT " + XACT_WRITES + " AS w) x"
+    "SELECT pg_catalog.set_config('wishlist.xact_writes', coalesce(w::pg_catalog.text, 'null'), true), w FROM (SELECT "
+    + XACT_WRITES
+    + " AS w) x"
 )
 
 

@@ -172,7 +172,9 @@ def timeouts_query(options: RunOptions, *, local: bool) -> tuple[str, tuple[Any,
         "SELECT pg_catalog.set_config('lock_timeout', %s, %s), pg_catalog.set_config('statement_timeout', %s, %s),"
         " pg_catalog.set_config('client_connection_check_interval', '1s', false), pg_catalog.set_config('jit', 'off', %s),"
         " pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', %s),"
-        " pg_catalog.set_config('wishlist.xact_writes', coalesce(w::pg_catalog.text, 'null'), %s), w FROM (SELECT " + XACT_WRITES + " AS w) x",
+        " pg_catalog.set_config('wishlist.xact_writes', coalesce(w::pg_catalog.text, 'null'), %s), w FROM (SELECT "
+        + XACT_WRITES
+        + " AS w) x",
         (f"{options.lock_timeout_ms}ms", local, f"{options.statement_timeout_ms}ms", local, local, local, local),
     )
 
