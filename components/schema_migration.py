@@ -217,10 +217,13 @@ class SchemaMigrationProvider(ResourceProvider):
             target = int(args.target_version or 0)
             applied = {r["version"] for r in olds.get("applied") or []}
             pending = [m["version"] for m in news.get("migrations") or [] if m["version"] not in applied and int(m["version"]) <= target]
-            try:  # what the plan would parse: a bad pending file still fails the preview, naming it
+            undone = {v for v in applied if int(v) > target}  # a lower target rolls these back, newest first
+            try:  # what the plan would parse: a bad pending file (up, or down for a rollback) still fails the preview
                 for m in engine.mset.migrations:
                     if m.version in pending:
                         m.statements()
+                    if m.version in undone:
+                        m.down_statements()
             except MigrationError as bad:
                 raise _fail(bad) from None
             _log_pending_sql(args, pending)

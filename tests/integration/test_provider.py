@@ -19,7 +19,8 @@ from tests.integration.test_wishlist_items_migration import ledger_rows, q
 
 def props_for(db: ConnectionSettings, set_dir: Path, **extra: Any) -> dict[str, Any]:
     defaults = {"connect_timeout": 5, "stack": "wishlist-infra/test", "lock_wait_ms": 5000}
-    return provider_inputs(db, migset.load(set_dir), **{**defaults, **extra})
+    # loaded as the program loads it: files are parsed by the run that needs them
+    return provider_inputs(db, migset.load(set_dir, parse=False), **{**defaults, **extra})
 
 
 def test_create_diff_update_read_delete(fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings) -> None:
@@ -150,6 +151,29 @@ def test_preview_without_a_database_counts_only_versions_up_to_the_target(
     olds = {**outs, **{k: news[k] for k in ("host", "port", "migrations")}}
     assert provider.diff("x", olds, news).changes is False
     assert provider.diff("x", olds, props_for(unreachable, set_copy)).changes is True
+
+
+def test_preview_without_a_database_still_parses_the_down_files_a_rollback_would_run(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    (set_copy / "0008_theme.sql").write_text("ALTER TABLE wishlist_items ADD COLUMN theme text;\n")
+    (set_copy / "0008_theme.down.sql").write_text("ALTER TABLE wishlist_items DROP COLUMN theme;\n")
+    generate(admin, set_copy)
+    provider = SchemaMigrationProvider()
+    outs = provider.create(props_for(fresh_db, set_copy)).outs
+    # the down file broken after it was journaled (its new hash recorded): a COMMIT the engine refuses
+    down = set_copy / "0008_theme.down.sql"
+    down.write_text("ALTER TABLE wishlist_items DROP COLUMN theme;\nCOMMIT;\n")
+    journal_path = set_copy / "meta/_journal.json"
+    journal = json.loads(journal_path.read_text())
+    for entry in journal["entries"]:
+        if entry["version"] == "0008":
+            entry["down"]["sha256"] = migset.sha256_hex(down.read_bytes())
+    journal_path.write_text(json.dumps(journal, indent=2) + "\n")
+    news = props_for(replace(fresh_db, port=1), set_copy, target_version="0007")
+    with pytest.raises(Exception, match=r"0008_theme\.down\.sql") as err:
+        provider.diff("x", {**outs, **{k: news[k] for k in ("host", "port", "migrations")}}, news)
+    assert "COMMIT" in str(err.value)
 
 
 def test_destroy_drops_schema_without_a_stack_is_refused_at_check(fresh_db: ConnectionSettings, set_copy: Path) -> None:
