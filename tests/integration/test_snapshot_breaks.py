@@ -141,3 +141,18 @@ def test_a_version_with_set_local_is_snapshotted_as_the_database_reads_after_it(
     report = Engine(fresh_db, mset).verify()  # a later session: search_path and DateStyle as usual
     differ = sorted(k for k in stored.keys() | live.keys() if stored.get(k) != live.get(k))
     assert differ == [] and report.ok, (differ, stored["column:t.since"], live["column:t.since"], report)
+
+
+def test_the_trace_of_a_concurrent_index_build_is_the_same_at_every_snapshot(set_copy: Path, admin: ConnectionSettings) -> None:
+    """Found while adding a no-transaction version to a check test: its trace recorded the lock the build held on its
+    own new index when a sample caught it (AccessExclusiveLock or RowExclusiveLock), and check then named the version."""
+    (set_copy / "0008_t.sql").write_text("CREATE TABLE t (id int PRIMARY KEY, v text);\n")
+    (set_copy / "0009_concurrently.sql").write_text("-- migrate:no-transaction\nCREATE INDEX CONCURRENTLY t_v ON t (v);\n")
+    generate(admin, set_copy)
+    traces = {json.dumps(json.loads((set_copy / "meta/0009_trace.json").read_text()), sort_keys=True)}
+    for _ in range(5):
+        generate(admin, set_copy)
+        traces.add(json.dumps(json.loads((set_copy / "meta/0009_trace.json").read_text()), sort_keys=True))
+    assert len(traces) == 1, traces
+    (trace,) = traces
+    assert '"t_v"' not in trace.split('"created"')[0]  # no lock recorded on the index the statement creates

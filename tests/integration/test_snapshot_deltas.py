@@ -234,3 +234,18 @@ def test_a_version_that_drops_prepared_statements_or_settings_is_still_proven(
     (set_copy / "0014_t14.sql").write_text("CREATE TABLE t14 (id int);\n")
     generate(admin, set_copy)
     assert replay(admin, migset.load(set_copy)) == []
+
+
+def test_a_version_outside_a_transaction_does_not_end_the_proof_of_the_versions_after_it(
+    set_copy: Path, admin: ConnectionSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `-- migrate:no-transaction` version is read whole (its statements commit one by one: nothing to prove before a
+    COMMIT); when that read equals its stored snapshot, the versions after it are still proven from meta/."""
+    (set_copy / "0017_concurrently.sql").write_text("-- migrate:no-transaction\nCREATE INDEX CONCURRENTLY t16_id ON t16 (id);\n")
+    for n in range(18, 22):
+        (set_copy / f"00{n}_t{n}.sql").write_text(f"CREATE TABLE t{n} (id int PRIMARY KEY);\n")
+    mset = _more(set_copy, admin)
+    reads = _counting_whole_reads(monkeypatch)
+    assert replay(admin, mset) == []
+    # the empty schema, 0009 and 0010 (drops), 0017 (outside a transaction); 0018-0021 proven
+    assert len(reads) == 4, reads
