@@ -135,9 +135,9 @@ def _apply_each(
         _, verified = cat.introspect_verifiable(conn, schema)  # the empty schema: what the first proof starts from
         for f, transactional, statements in parsed:
             checksum = sha256_hex(f.up.read_bytes())
-            known = stored.next(f, checksum)
+            recorded = stored.next(f, checksum)
             # outside a transaction the statements commit one by one: nothing to prove before a COMMIT, read whole below
-            expected = known if transactional else None
+            expected = recorded if transactional else None
             measured: list[StatementTrace] = []
             live: cat.Catalog | None = None
             try:
@@ -172,7 +172,7 @@ def _apply_each(
             if live is None:
                 # Read after COMMIT, as any later session reads it (a SET LOCAL of the version has ended with it).
                 live, verified = cat.introspect_verifiable(conn, schema)
-                if known is None or live != known[0]:
+                if recorded is None or live != recorded[0]:
                     # What meta/ stores from here on was built on another catalog: its deltas prove nothing now.
                     stored.mset = None
             snapshots[f.version] = live
