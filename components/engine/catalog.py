@@ -24,7 +24,7 @@ _FULL_HEAD = f"""
 WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) %(schema)s),
 {_EXT},
 rels AS (
-  SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity FROM pg_catalog.pg_class c, ns
+  SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity, c.relispartition, c.relpartbound, c.relreplident, c.reloptions, c.relacl FROM pg_catalog.pg_class c, ns
   WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND NOT (c.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
 types AS (
@@ -204,8 +204,8 @@ cand AS (
     WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.relname OPERATOR(pg_catalog.=) ANY(%(names)s::pg_catalog.text[])
 ),
 rels AS (
-  SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity FROM (SELECT DISTINCT oid FROM cand) k
-    CROSS JOIN LATERAL (SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity, c.relnamespace
+  SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity, c.relispartition, c.relpartbound, c.relreplident, c.reloptions, c.relacl FROM (SELECT DISTINCT oid FROM cand) k
+    CROSS JOIN LATERAL (SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity, c.relispartition, c.relpartbound, c.relreplident, c.reloptions, c.relacl, c.relnamespace
       FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) c, ns
   WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND NOT (c.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
@@ -248,7 +248,19 @@ SELECT pg_catalog.json_build_object(
                   pg_catalog.json_strip_nulls(pg_catalog.json_build_object(
                     'unlogged', CASE WHEN relpersistence OPERATOR(pg_catalog.=) 'u' THEN true END,
                     'row_security', CASE WHEN relrowsecurity THEN true END,
-                    'force_row_security', CASE WHEN relforcerowsecurity THEN true END)))), '[]')
+                    'force_row_security', CASE WHEN relforcerowsecurity THEN true END,
+                    'replica_identity', CASE WHEN relkind OPERATOR(pg_catalog.=) ANY ('{{r,p}}'::pg_catalog."char"[])
+                      AND relreplident OPERATOR(pg_catalog.<>) 'd' THEN relreplident::pg_catalog.text END,
+                    'options', reloptions,
+                    'inherits', CASE WHEN NOT relispartition THEN (SELECT pg_catalog.json_agg(i.inhparent::pg_catalog.regclass::pg_catalog.text
+                      ORDER BY i.inhseqno) FROM pg_catalog.pg_inherits i WHERE i.inhrelid OPERATOR(pg_catalog.=) rels.oid) END,
+                    'partition_of', CASE WHEN relispartition THEN (SELECT i.inhparent::pg_catalog.regclass::pg_catalog.text
+                      FROM pg_catalog.pg_inherits i WHERE i.inhrelid OPERATOR(pg_catalog.=) rels.oid) END,
+                    'bound', CASE WHEN relispartition THEN pg_catalog.pg_get_expr(relpartbound, rels.oid) END,
+                    'partition_key', CASE WHEN relkind OPERATOR(pg_catalog.=) 'p' THEN pg_catalog.pg_get_partkeydef(rels.oid) END,
+                    -- privileges granted to PUBLIC (the access component grants to named roles only)
+                    'public_privileges', (SELECT pg_catalog.string_agg(a.privilege_type, ',' ORDER BY a.privilege_type)
+                      FROM pg_catalog.aclexplode(relacl) a WHERE a.grantee OPERATOR(pg_catalog.=) 0))))), '[]')
                 FROM rels WHERE relkind OPERATOR(pg_catalog.=) ANY ('{{r,p,v,m,f,S,c}}'::pg_catalog."char"[])),
   'columns', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(relname, attname, position, type, not_null,
                   default_expr, identity, generated, collation_name)), '[]') FROM cols),
@@ -272,7 +284,9 @@ SELECT pg_catalog.json_build_object(
                   {constraints_of_rels}),
   'functions', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(
                   p.proname OPERATOR(pg_catalog.||) '(' OPERATOR(pg_catalog.||) pg_catalog.pg_get_function_identity_arguments(p.oid) OPERATOR(pg_catalog.||) ')',
-                  p.prokind::pg_catalog.text, pg_catalog.md5(p.prosrc), pg_catalog.pg_get_function_result(p.oid),
+                  -- an SQL-standard body (BEGIN ATOMIC) is kept parsed, with prosrc empty
+                  p.prokind::pg_catalog.text, pg_catalog.md5(coalesce(pg_catalog.pg_get_function_sqlbody(p.oid), p.prosrc)),
+                  pg_catalog.pg_get_function_result(p.oid), pg_catalog.pg_get_function_arguments(p.oid),
                   (SELECT l.lanname FROM pg_catalog.pg_language l WHERE l.oid OPERATOR(pg_catalog.=) p.prolang),
                   -- what is not the default only
                   pg_catalog.json_strip_nulls(pg_catalog.json_build_object(
@@ -281,12 +295,21 @@ SELECT pg_catalog.json_build_object(
                     'leakproof', CASE WHEN p.proleakproof THEN true END,
                     'volatility', CASE WHEN p.provolatile OPERATOR(pg_catalog.<>) 'v' THEN p.provolatile::pg_catalog.text END,
                     'parallel', CASE WHEN p.proparallel OPERATOR(pg_catalog.<>) 'u' THEN p.proparallel::pg_catalog.text END,
-                    'config', p.proconfig)))), '[]')
+                    'config', p.proconfig,
+                    'aggregate', (SELECT pg_catalog.json_build_object('sfunc', g.aggtransfn::pg_catalog.regproc::pg_catalog.text,
+                        'stype', pg_catalog.format_type(g.aggtranstype, NULL), 'final', g.aggfinalfn::pg_catalog.regproc::pg_catalog.text,
+                        'combine', g.aggcombinefn::pg_catalog.regproc::pg_catalog.text, 'init', g.agginitval, 'kind', g.aggkind::pg_catalog.text,
+                        'sortop', g.aggsortop::pg_catalog.regoperator::pg_catalog.text)
+                      FROM pg_catalog.pg_aggregate g WHERE g.aggfnoid OPERATOR(pg_catalog.=) p.oid))))), '[]')
                 FROM pg_catalog.pg_proc p JOIN procs ON procs.oid OPERATOR(pg_catalog.=) p.oid),
   'triggers', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.relname, g.tgname,
                   pg_catalog.pg_get_triggerdef(g.oid), g.tgenabled::pg_catalog.text)), '[]')
                FROM rels t CROSS JOIN LATERAL (SELECT g.oid, g.tgname, g.tgenabled FROM pg_catalog.pg_trigger g
                  WHERE g.tgrelid OPERATOR(pg_catalog.=) t.oid AND NOT g.tgisinternal OFFSET 0) g),
+  'rules', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.relname, r.rulename,
+                  pg_catalog.pg_get_ruledef(r.oid), r.ev_enabled::pg_catalog.text)), '[]')
+               FROM rels t CROSS JOIN LATERAL (SELECT r.oid, r.rulename, r.ev_enabled FROM pg_catalog.pg_rewrite r
+                 WHERE r.ev_class OPERATOR(pg_catalog.=) t.oid AND r.rulename OPERATOR(pg_catalog.<>) '_RETURN' OFFSET 0) r),
   'policies', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.relname, y.polname, y.polcmd::pg_catalog.text,
                   y.polpermissive,
                   ARRAY(SELECT CASE WHEN r OPERATOR(pg_catalog.=) 0 THEN 'public' ELSE pg_catalog.pg_get_userbyid(r)::pg_catalog.text END
@@ -397,8 +420,17 @@ def parse_rows(raw: Mapping[str, Any]) -> Catalog:
         catalog[f"index:{name}"] = {"table": table, "definition": definition, "valid": valid}
     for table, name, contype, definition in raw["constraints"]:
         catalog[f"constraint:{table}.{name}"] = {"type": contype, "definition": definition}
-    for signature, kind, body_md5, returns, language, flags in raw["functions"]:
-        catalog[f"function:{signature}"] = {"kind": kind, "body_md5": body_md5, "returns": returns, "language": language, **flags}
+    for signature, kind, body_md5, returns, arguments, language, flags in raw["functions"]:
+        catalog[f"function:{signature}"] = {
+            "kind": kind,
+            "body_md5": body_md5,
+            "returns": returns,
+            "arguments": arguments,
+            "language": language,
+            **flags,
+        }
+    for table, name, definition, enabled in raw["rules"]:
+        catalog[f"rule:{table}.{name}"] = {"definition": definition, **({"enabled": enabled} if enabled != "O" else {})}
     for name, base, not_null, default, collation, checks in raw["domains"]:
         catalog[f"domain:{name}"] = {
             "type": base,
@@ -502,7 +534,7 @@ def scoped_result(
     order = order if order is not None else sorted(after)  # `after`'s keys, sorted
     for name, _kind, _def, _flags in raw["relations"]:
         keys.update(f"{kind}:{name}" for kind in _RELATION_KINDS.values())
-        for prefix in ("column", "constraint", "trigger", "policy"):
+        for prefix in ("column", "constraint", "trigger", "policy", "rule"):
             keys.update(_prefixed(order, f"{prefix}:{name}."))
     if any(after.get(k) != live.get(k) for k in keys):
         return None
@@ -523,7 +555,7 @@ def _names(keys: Iterable[str], *catalogs: Catalog) -> set[str]:
     out: set[str] = set()
     for key in keys:
         kind, _, name = key.partition(":")
-        if kind in ("column", "constraint", "trigger", "policy"):
+        if kind in ("column", "constraint", "trigger", "policy", "rule"):
             out.update(name[:i] for i, ch in enumerate(name) if ch == ".")
         elif kind == "function":
             out.update(name[:i] for i, ch in enumerate(name) if ch == "(")
@@ -636,6 +668,16 @@ RESET_PRINT_SETTINGS = (
     " 'bytea_output', 'standard_conforming_strings', 'xmloption'])"
 )
 
-# What a migration may leave on the session for the next one: settings (SET without LOCAL) and the role. RESET ALL
-# leaves the role alone. Both return to what the connection started with (its startup options included).
-RESET_SESSION = ("RESET ALL", "RESET ROLE")
+# What a migration may leave on the session for the next one: settings (SET without LOCAL), the role (RESET ALL leaves
+# it alone), temporary objects. Settings and role return to what the connection started with (its startup options).
+RESET_SESSION = ("RESET ALL", "RESET ROLE", "DISCARD TEMP")
+
+# Whether a trigger defined by a user may run at COMMIT, after the verifying read (see StepRunner._deferred_work_ran).
+USER_DEFERRABLE_TRIGGERS = "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgdeferrable AND NOT tgisinternal)"
+
+# Row versions this transaction wrote so far in every table, catalogs included: unchanged across a round of
+# SET CONSTRAINTS ALL IMMEDIATE only if no deferred trigger that ran wrote a row (or changed the schema).
+XACT_ROWS_WRITTEN = (
+    "SELECT pg_catalog.sum(s.n_tup_ins OPERATOR(pg_catalog.+) s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)"
+    " FROM pg_catalog.pg_stat_xact_all_tables s"
+)

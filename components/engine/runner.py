@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 LOCK_NOT_AVAILABLE = "55P03"
 DUPLICATE_PREPARED = "42P05"
+# Rounds of SET CONSTRAINTS ALL IMMEDIATE after the read before deferred triggers that re-defer themselves are refused.
+DEFERRED_ROUNDS = 20
 # Below this many catalog entries, reading the whole schema costs less than the scoped read (measured: bench section 4).
 SCOPED_FROM = 500
 # Statements that drop prepared statements, the engine's included.
@@ -143,33 +145,57 @@ class StepRunner:
         label, statements = run.label, run.statements
         for attempt in range(self.options.ddl_retries + 1):
             try:
-                ok = False
+                ok = committing = False
                 try:
                     with self.conn.pipeline() as pipe, self.conn.transaction():
                         fingerprint, proven = self._attempt(pipe, run)
+                        committing = True
                     ok = True
+                except psycopg.Error as exc:  # the engine's own (converted in _attempt) never gets here: the server's
+                    raise self._unfinished(label, exc, committing=committing) from None
                 finally:
                     complete = self.prepared.settle()
                     dropping = any(st.kind in DROP_PREPARED for st in statements)
                     if (dropping or not ok or not complete) and not (self.conn.closed or self.conn.broken):
                         self.prepared.resync()  # the step may have deallocated or replaced the engine's statements
-                self.verified = proven
-                return fingerprint
             except _Failed as failed:
                 if failed.state == LOCK_NOT_AVAILABLE and attempt < self.options.ddl_retries:
                     self._wait_to_retry(attempt, label, failed.index, len(statements), failed.stmt, "rolled back")
                     continue
                 raise self._rolled_back(failed, label, len(statements)) from None
-            except MigrationError:
-                raise
-            except psycopg.OperationalError as exc:
-                # Raised by COMMIT itself: the server may or may not have committed.
-                raise StatementFailed(
-                    f"{label}: the connection failed while committing ({first_line(exc, self.settings)}): whether the migration "
-                    "committed is unknown until the ledger is read.",
-                    "run `python -m components.migrate status`: the version is applied if and only if the ledger lists it; run apply again.",
-                ) from None
+            self.verified = proven
+            return fingerprint
         raise AssertionError("unreachable")
+
+    def _unfinished(self, label: str, exc: Exception, *, committing: bool) -> MigrationError:
+        """A server error raised by the step's transaction itself: by COMMIT (`committing`), or by a read after the
+        pipeline (the transaction is then rolled back on the way out)."""
+        import psycopg
+
+        if isinstance(exc, psycopg.OperationalError) and not sqlstate(exc):
+            if not committing:
+                return StatementFailed(
+                    f"{label}: the connection was lost before COMMIT ({first_line(exc, self.settings)}): the server rolls back "
+                    "an uncommitted transaction; nothing of this migration was committed, the ledger is unchanged.",
+                    "check that the server is up, then run again.",
+                )
+            return StatementFailed(
+                f"{label}: the connection failed while committing ({first_line(exc, self.settings)}): whether the migration "
+                "committed is unknown until the ledger is read.",
+                "run `python -m components.migrate status`: the version is applied if and only if the ledger lists it; run apply again.",
+            )
+        state = sqlstate(exc) or "?"
+        if committing:  # a COMMIT that fails with the server's error rolls back
+            return StatementFailed(
+                f"{label}: COMMIT failed: {first_line(exc, self.settings)} [SQLSTATE {state}]: something that runs at COMMIT "
+                "(a deferred constraint or trigger) refused it; the migration was rolled back, the ledger is unchanged.",
+                STATE_FIXES.get(state, "fix what the deferred constraint or trigger refused, in the migration."),
+            )
+        return StatementFailed(
+            f"{label}: the engine's own query in the step failed after every statement ran ({first_line(exc, self.settings)} "
+            f"[SQLSTATE {state}]); the migration was rolled back, the ledger is unchanged.",
+            "run apply again and report this with the error.",
+        )
 
     def _attempt(self, pipe: psycopg.Pipeline, run: _StepRun) -> tuple[str, cat.Verified]:
         """One try of a step in its open transaction: BEGIN, the timeouts, every statement, the verifying read and the ledger
@@ -193,6 +219,10 @@ class StepRunner:
             for cursor, stmt in zip(sent, statements, strict=True):
                 cursor.execute(stmt.text.encode(), prepare=False)
             self.conn.execute("RESET ROLE")  # the engine's own queries run as the connecting role
+            # Temporary objects end with the session or at COMMIT (ON COMMIT DROP), dropping what depends on them with
+            # CASCADE, after the read: they end now, before it. A migration's temporary objects never reach the next
+            # one (which may run in another session), and no pg_temp type can stand in for one the read names.
+            self.conn.execute("DISCARD TEMP")
             if not direct:
                 self.prepared.guard()  # fails, before any EXECUTE, if the statements replaced one of the engine's
             # The ledger row, then what would otherwise run at COMMIT, go before the read: user code they run (a trigger
@@ -210,6 +240,7 @@ class StepRunner:
                 self.conn.execute("RESET enable_seqscan")
             else:
                 read = self._query("wishlist_verifiable", *cat.verifiable_query(self.schema), direct=direct)
+            at_commit = self.conn.execute(cat.USER_DEFERRABLE_TRIGGERS)
             pipe.sync()
         except psycopg.Error as exc:
             # The first statement without a result is the one that failed (those after it were skipped by the server).
@@ -241,8 +272,15 @@ class StepRunner:
             f"{1000 * (time.monotonic() - t0):.1f} ms"
         )
         writes = writes_of(timeouts.fetchone())
+        flag = at_commit.fetchone()
         row = read.fetchone()
         assert row is not None
+        if flag and flag[0] and self._deferred_work_ran(pipe, label):
+            # a deferred trigger ran after the read: read again, whole (the transaction is still open)
+            scoped, again = False, self.conn.execute(*cat.verifiable_query(self.schema))
+            pipe.sync()
+            row = again.fetchone()
+            assert row is not None
         if scoped:
             assert self.verified is not None
             proven = cat.scoped_result(row[0], self.verified, expected, writes, delta, order)
@@ -258,6 +296,26 @@ class StepRunner:
         fingerprint = cat.fingerprint(live)
         self._check_fingerprint(label, expected_version, expected_fingerprint, fingerprint)
         return fingerprint, proven
+
+    def _deferred_work_ran(self, pipe: psycopg.Pipeline, label: str) -> bool:
+        """With user-defined deferrable constraint triggers in the database: whether deferred work ran after the
+        verifying read. SET CONSTRAINTS ALL IMMEDIATE before the read fired what was pending then, but a trigger it fired
+        may have said SET CONSTRAINTS ALL DEFERRED and queued more, which would run at COMMIT. So fire again until a round
+        changes no row anywhere (a trigger that writes no row queues no event: the queue is then empty)."""
+        ran = False
+        for _ in range(DEFERRED_ROUNDS):
+            before = self.conn.execute(cat.XACT_ROWS_WRITTEN)
+            self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            after = self.conn.execute(cat.XACT_ROWS_WRITTEN)
+            pipe.sync()
+            if before.fetchone() == after.fetchone():
+                return ran
+            ran = True
+        raise StatementFailed(
+            f"{label}: deferred triggers kept queueing work for {DEFERRED_ROUNDS} rounds of SET CONSTRAINTS ALL IMMEDIATE "
+            "after the last statement; the migration was rolled back, the ledger is unchanged.",
+            "find the deferred constraint trigger that re-defers itself (SET CONSTRAINTS ... DEFERRED in its function) and remove that.",
+        )
 
     def _replaced(self, label: str, names: str | None, exc: Exception, *, before: bool) -> MigrationError:
         if names is None:  # the engine's PREPARE met a statement of that name the migration prepared
@@ -332,10 +390,17 @@ class StepRunner:
             except _Failed as failed:
                 raise self._partial(step, label, failed, total) from None
         self.verified = None  # statements committed one by one: what the schema now holds is known only once it is read
-        live, proven = cat.introspect_verifiable(self.conn, self.schema)
-        self._verify(label, expected_version, expected, live, rolled_back=False, total=total)
-        fingerprint = cat.fingerprint(live)
-        self._record(step, started, fingerprint)
+        fingerprint = cat.fingerprint(expected)
+        with self.conn.transaction():
+            # As in a transaction: the final ledger row first (a trigger on the ledger runs user code), then what would
+            # run at COMMIT, then the read; the row commits only if the read matches the snapshot.
+            for query in ("RESET ROLE", "DISCARD TEMP"):
+                self.conn.execute(query)
+            self._record(step, started, fingerprint)
+            self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            self.conn.execute(cat.RESET_PRINT_SETTINGS)
+            live, proven = cat.introspect_verifiable(self.conn, self.schema)
+            self._verify(label, expected_version, expected, live, rolled_back=False, total=total)
         self.verified = proven
         return fingerprint
 
