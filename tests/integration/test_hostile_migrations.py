@@ -198,9 +198,29 @@ def test_snapshot_stores_what_a_deferred_trigger_does_at_commit(set_copy: Path, 
     assert "table:evil" in mset.expected_catalog("0009")
 
 
-def test_check_names_a_stored_snapshot_without_what_a_deferred_trigger_does_at_commit(set_copy: Path, admin: ConnectionSettings) -> None:
+# A deferred trigger that defers again (SET CONSTRAINTS ALL DEFERRED in its function) and queues another: the second
+# runs at COMMIT whatever SET CONSTRAINTS ALL IMMEDIATE was said before (found by the round 5 review).
+_REDEFER_INFRA = (
+    "CREATE TABLE q1 (i int);\nCREATE TABLE q2 (i int);\n"
+    "CREATE FUNCTION t1() RETURNS trigger LANGUAGE plpgsql AS\n"
+    "  $f$ BEGIN SET CONSTRAINTS ALL DEFERRED; INSERT INTO q2 VALUES (NEW.i); RETURN NULL; END $f$;\n"
+    "CREATE FUNCTION t2() RETURNS trigger LANGUAGE plpgsql AS\n"
+    "  $f$ BEGIN EXECUTE 'CREATE TABLE IF NOT EXISTS public.evil (id int)'; RETURN NULL; END $f$;\n"
+    "CREATE CONSTRAINT TRIGGER c1 AFTER INSERT ON q1 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION t1();\n"
+    "CREATE CONSTRAINT TRIGGER c2 AFTER INSERT ON q2 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION t2();\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("infra", "insert"),
+    [(_DEFERRED_INFRA, "INSERT INTO q VALUES (1);\n"), (_REDEFER_INFRA, "INSERT INTO q1 VALUES (1);\n")],
+    ids=["deferred", "deferred again"],
+)
+def test_check_names_a_stored_snapshot_without_what_a_deferred_trigger_does_at_commit(
+    infra: str, insert: str, set_copy: Path, admin: ConnectionSettings
+) -> None:
     """check proves stored snapshots from what each version wrote, before COMMIT: the deferred work must be in it."""
-    files = {"0008": BASE["0008"] + _DEFERRED_INFRA, "0009": BASE["0009"] + "INSERT INTO q VALUES (1);\n", "0010": BASE["0010"]}
+    files = {"0008": BASE["0008"] + infra, "0009": BASE["0009"] + insert, "0010": BASE["0010"]}
     honest = _write(set_copy, admin, files)
     assert replay(admin, honest) == []
     # meta/ edited consistently (entries, fingerprints, journal) to say 0009 leaves no table evil
