@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .connection import pin_settings
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -24,7 +26,7 @@ _FULL_HEAD = f"""
 WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) %(schema)s),
 {_EXT},
 rels AS (
-  SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity, c.relispartition, c.relpartbound, c.relreplident, c.reloptions, c.relacl FROM pg_catalog.pg_class c, ns
+  SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity, c.relispartition, c.relpartbound, c.relreplident, c.reloptions, c.relacl, c.relowner, c.relnamespace FROM pg_catalog.pg_class c, ns
   WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND NOT (c.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
 types AS (
@@ -48,12 +50,10 @@ _WRITTEN_BY: dict[str, list[tuple[str, str]]] = {
     "pg_type": [("pg_type", "x.oid")],
     "pg_trigger": [("pg_class", "x.tgrelid")],
     "pg_policy": [("pg_class", "x.polrelid")],
+    "pg_sequence": [("pg_class", "x.seqrelid")],
     "pg_enum": [("pg_type", "x.enumtypid")],
     "pg_proc": [("pg_proc", "x.oid")],
     "pg_namespace": [("pg_namespace", "x.oid")],
-    "pg_collation": [("pg_collation", "x.oid")],
-    "pg_operator": [("pg_operator", "x.oid")],
-    "pg_opclass": [("pg_opclass", "x.oid")],
 }
 # Where a catalog's rows of one relation are found by index: (the set of OIDs to look up, the indexed column). A
 # relation's catalog rows are written under a lock on that relation, so this transaction's rows are usually found from
@@ -68,11 +68,11 @@ _BY_LOCK: dict[str, tuple[str, str]] = {
     "pg_type": ("locked_types", "oid"),
     "pg_trigger": ("locked", "tgrelid"),
     "pg_policy": ("locked", "polrelid"),
+    "pg_sequence": ("locked", "seqrelid"),
 }
 # Catalogs a step writes as a side effect of what the scoped proof follows (dependencies, statistics, privileges of
-# extension objects), or that the catalog model does not compare at all, in the whole read either (sequence options:
-# a known gap of the model, not of the scoped proof).
-_IGNORED = ("pg_depend", "pg_shdepend", "pg_statistic", "pg_statistic_ext_data", "pg_sequence", "pg_init_privs")
+# extension objects): nothing the model prints comes from them.
+_IGNORED = ("pg_depend", "pg_shdepend", "pg_statistic", "pg_statistic_ext_data", "pg_init_privs")
 # Catalogs whose deleted rows mean a dropped object (which leaves no row to read).
 _DROPS = ("pg_class", "pg_constraint", "pg_type", "pg_proc", "pg_trigger", "pg_policy")
 
@@ -204,8 +204,8 @@ cand AS (
     WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND c.relname OPERATOR(pg_catalog.=) ANY(%(names)s::pg_catalog.text[])
 ),
 rels AS (
-  SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity, c.relispartition, c.relpartbound, c.relreplident, c.reloptions, c.relacl FROM (SELECT DISTINCT oid FROM cand) k
-    CROSS JOIN LATERAL (SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity, c.relispartition, c.relpartbound, c.relreplident, c.reloptions, c.relacl, c.relnamespace
+  SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity, c.relispartition, c.relpartbound, c.relreplident, c.reloptions, c.relacl, c.relowner, c.relnamespace FROM (SELECT DISTINCT oid FROM cand) k
+    CROSS JOIN LATERAL (SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity, c.relispartition, c.relpartbound, c.relreplident, c.reloptions, c.relacl, c.relowner, c.relnamespace
       FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) c, ns
   WHERE c.relnamespace OPERATOR(pg_catalog.=) ns.oid AND NOT (c.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
@@ -233,7 +233,12 @@ cols AS (
          -- the collation only where it is not the type's own (the common case prints nothing)
          CASE WHEN a.attcollation OPERATOR(pg_catalog.<>) (SELECT y.typcollation FROM pg_catalog.pg_type y
                                                             WHERE y.oid OPERATOR(pg_catalog.=) a.atttypid)
-              THEN a.attcollation::pg_catalog.regcollation::pg_catalog.text END AS collation_name
+              THEN a.attcollation::pg_catalog.regcollation::pg_catalog.text END AS collation_name,
+         -- storage and compression only where not the type's own / the default
+         CASE WHEN a.attstorage OPERATOR(pg_catalog.<>) (SELECT y.typstorage FROM pg_catalog.pg_type y
+                                                          WHERE y.oid OPERATOR(pg_catalog.=) a.atttypid)
+              THEN a.attstorage::pg_catalog.text END AS storage_mode,
+         CASE WHEN a.attcompression::pg_catalog.text OPERATOR(pg_catalog.<>) '' THEN a.attcompression::pg_catalog.text END AS compression_method
   FROM rels r
   -- per relation on pg_attribute's index (OFFSET 0): a scoped read holds a few relations, not the whole catalog
   CROSS JOIN LATERAL (SELECT * FROM pg_catalog.pg_attribute a
@@ -258,12 +263,22 @@ SELECT pg_catalog.json_build_object(
                       FROM pg_catalog.pg_inherits i WHERE i.inhrelid OPERATOR(pg_catalog.=) rels.oid) END,
                     'bound', CASE WHEN relispartition THEN pg_catalog.pg_get_expr(relpartbound, rels.oid) END,
                     'partition_key', CASE WHEN relkind OPERATOR(pg_catalog.=) 'p' THEN pg_catalog.pg_get_partkeydef(rels.oid) END,
+                    -- a sequence's definition (not its state: nextval, setval and RESTART leave pg_sequence alone)
+                    'sequence', (SELECT pg_catalog.json_build_object('type', pg_catalog.format_type(q.seqtypid, NULL),
+                        'start', q.seqstart, 'increment', q.seqincrement, 'min', q.seqmin, 'max', q.seqmax, 'cache', q.seqcache,
+                        'cycle', q.seqcycle) FROM pg_catalog.pg_sequence q WHERE q.seqrelid OPERATOR(pg_catalog.=) rels.oid),
                     -- privileges granted to PUBLIC (the access component grants to named roles only)
                     'public_privileges', (SELECT pg_catalog.string_agg(a.privilege_type, ',' ORDER BY a.privilege_type)
-                      FROM pg_catalog.aclexplode(relacl) a WHERE a.grantee OPERATOR(pg_catalog.=) 0))))), '[]')
+                      FROM pg_catalog.aclexplode(relacl) a WHERE a.grantee OPERATOR(pg_catalog.=) 0
+                        -- what the database's default privileges grant PUBLIC on new objects is the database's, not drift
+                        AND NOT EXISTS (SELECT FROM pg_catalog.pg_default_acl d CROSS JOIN LATERAL pg_catalog.aclexplode(d.defaclacl) x
+                          WHERE d.defaclrole OPERATOR(pg_catalog.=) relowner
+                            AND d.defaclnamespace OPERATOR(pg_catalog.=) ANY (ARRAY['0'::pg_catalog.oid, relnamespace])
+                            AND d.defaclobjtype OPERATOR(pg_catalog.=) CASE WHEN relkind OPERATOR(pg_catalog.=) 'S' THEN 'S'::pg_catalog."char" ELSE 'r'::pg_catalog."char" END
+                            AND x.grantee OPERATOR(pg_catalog.=) 0 AND x.privilege_type OPERATOR(pg_catalog.=) a.privilege_type)))))), '[]')
                 FROM rels WHERE relkind OPERATOR(pg_catalog.=) ANY ('{{r,p,v,m,f,S,c}}'::pg_catalog."char"[])),
   'columns', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(relname, attname, position, type, not_null,
-                  default_expr, identity, generated, collation_name)), '[]') FROM cols),
+                  default_expr, identity, generated, collation_name, storage_mode, compression_method)), '[]') FROM cols),
   'enums', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.typname,
                   (SELECT pg_catalog.json_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_catalog.pg_enum e
                    WHERE e.enumtypid OPERATOR(pg_catalog.=) t.oid))), '[]')
@@ -306,6 +321,11 @@ SELECT pg_catalog.json_build_object(
                   pg_catalog.pg_get_triggerdef(g.oid), g.tgenabled::pg_catalog.text)), '[]')
                FROM rels t CROSS JOIN LATERAL (SELECT g.oid, g.tgname, g.tgenabled FROM pg_catalog.pg_trigger g
                  WHERE g.tgrelid OPERATOR(pg_catalog.=) t.oid AND NOT g.tgisinternal OFFSET 0) g),
+  'collations', {collations},
+  'operators', {operators},
+  'statistics', {statistics},
+  'ts_configs', {ts_configs},
+  'ts_dictionaries', {ts_dictionaries},
   'rules', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.relname, r.rulename,
                   pg_catalog.pg_get_ruledef(r.oid), r.ev_enabled::pg_catalog.text)), '[]')
                FROM rels t CROSS JOIN LATERAL (SELECT r.oid, r.rulename, r.ev_enabled FROM pg_catalog.pg_rewrite r
@@ -334,7 +354,7 @@ SELECT pg_catalog.json_build_object(
   'session', pg_catalog.md5(pg_catalog.concat_ws('|', pg_catalog.current_setting('search_path'), pg_catalog.current_setting('quote_all_identifiers'),
                  pg_catalog.current_setting('extra_float_digits'), pg_catalog.current_setting('DateStyle'), pg_catalog.current_setting('IntervalStyle'),
                  pg_catalog.current_setting('TimeZone'), pg_catalog.current_setting('bytea_output'), pg_catalog.current_setting('standard_conforming_strings'),
-                 pg_catalog.current_setting('xmloption'), (SELECT pg_catalog.string_agg(objid::pg_catalog.text, ',' ORDER BY objid) FROM ext))){extra}
+                 pg_catalog.current_setting('xmloption'), pg_catalog.current_setting('lc_monetary'), (SELECT pg_catalog.string_agg(objid::pg_catalog.text, ',' ORDER BY objid) FROM ext))){extra}
 )
 """
 
@@ -378,6 +398,33 @@ _FEW = {
     " JOIN pg_catalog.pg_class i ON i.oid OPERATOR(pg_catalog.=) x.indexrelid",
     "constraints_of_rels": "FROM rels t CROSS JOIN LATERAL (SELECT c.* FROM pg_catalog.pg_constraint c WHERE c.conrelid OPERATOR(pg_catalog.=) t.oid OFFSET 0) c",
 }
+# Objects of the schema that are not relations, types or functions: read whole (a few rows), and by the whole read only:
+# the scoped read prints none, and a write to their catalogs ("other" in XACT_WRITES) sends it to the whole read.
+_NOT_EXT = "NOT (o.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))"
+_SCHEMA_OBJECTS = {
+    "collations": "(SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(o.collname, o.collprovider::pg_catalog.text,"
+    " o.collisdeterministic, o.collcollate, o.collctype, coalesce(pg_catalog.to_jsonb(o) OPERATOR(pg_catalog.->>) 'colliculocale',"
+    " pg_catalog.to_jsonb(o) OPERATOR(pg_catalog.->>) 'colllocale'))), '[]')"
+    f" FROM pg_catalog.pg_collation o, ns WHERE o.collnamespace OPERATOR(pg_catalog.=) ns.oid AND {_NOT_EXT})",
+    "operators": "(SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(o.oid::pg_catalog.regoperator::pg_catalog.text,"
+    " o.oprresult::pg_catalog.regtype::pg_catalog.text, o.oprcode::pg_catalog.regproc::pg_catalog.text,"
+    " o.oprcom::pg_catalog.regoperator::pg_catalog.text, o.oprnegate::pg_catalog.regoperator::pg_catalog.text,"
+    " o.oprrest::pg_catalog.regproc::pg_catalog.text, o.oprjoin::pg_catalog.regproc::pg_catalog.text, o.oprcanhash, o.oprcanmerge)), '[]')"
+    f" FROM pg_catalog.pg_operator o, ns WHERE o.oprnamespace OPERATOR(pg_catalog.=) ns.oid AND {_NOT_EXT})",
+    "statistics": "(SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(o.stxname, pg_catalog.pg_get_statisticsobjdef(o.oid))), '[]')"
+    f" FROM pg_catalog.pg_statistic_ext o, ns WHERE o.stxnamespace OPERATOR(pg_catalog.=) ns.oid AND {_NOT_EXT})",
+    "ts_configs": "(SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(o.cfgname,"
+    " (SELECT r.prsname FROM pg_catalog.pg_ts_parser r WHERE r.oid OPERATOR(pg_catalog.=) o.cfgparser),"
+    " (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(m.maptokentype, m.mapseqno, m.mapdict::pg_catalog.regdictionary::pg_catalog.text)"
+    " ORDER BY m.maptokentype, m.mapseqno) FROM pg_catalog.pg_ts_config_map m WHERE m.mapcfg OPERATOR(pg_catalog.=) o.oid))), '[]')"
+    f" FROM pg_catalog.pg_ts_config o, ns WHERE o.cfgnamespace OPERATOR(pg_catalog.=) ns.oid AND {_NOT_EXT})",
+    "ts_dictionaries": "(SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(o.dictname,"
+    " (SELECT t.tmplname FROM pg_catalog.pg_ts_template t WHERE t.oid OPERATOR(pg_catalog.=) o.dicttemplate), o.dictinitoption)), '[]')"
+    f" FROM pg_catalog.pg_ts_dict o, ns WHERE o.dictnamespace OPERATOR(pg_catalog.=) ns.oid AND {_NOT_EXT})",
+}
+_NONE = dict.fromkeys(_SCHEMA_OBJECTS, "'[]'::pg_catalog.json")
+_WHOLE = {**_WHOLE, **_SCHEMA_OBJECTS}
+_FEW = {**_FEW, **_NONE}
 _INTROSPECT = _FULL_HEAD + _BODY.format(extra="", **_WHOLE)
 
 _INTROSPECT_OWNERS = _FULL_HEAD + _BODY.format(extra=_OWNERS, **_WHOLE)
@@ -404,7 +451,7 @@ def parse_rows(raw: Mapping[str, Any]) -> Catalog:
         if viewdef is not None:
             entry["definition"] = viewdef
         catalog[f"{_RELATION_KINDS[relkind]}:{name}"] = {**entry, **flags}
-    for table, column, position, typ, not_null, default, identity, generated, collation in raw["columns"]:
+    for table, column, position, typ, not_null, default, identity, generated, collation, storage, compression in raw["columns"]:
         catalog[f"column:{table}.{column}"] = {
             "position": position,
             "type": typ,
@@ -413,6 +460,8 @@ def parse_rows(raw: Mapping[str, Any]) -> Catalog:
             **({"identity": identity} if identity else {}),
             **({"generated": generated} if generated else {}),
             **({"collation": collation} if collation else {}),
+            **({"storage": storage} if storage else {}),
+            **({"compression": compression} if compression else {}),
         }
     for name, labels in raw["enums"]:
         catalog[f"enum:{name}"] = {"labels": labels or []}
@@ -443,6 +492,31 @@ def parse_rows(raw: Mapping[str, Any]) -> Catalog:
         catalog[f"trigger:{table}.{name}"] = {"definition": definition, **({"enabled": enabled} if enabled != "O" else {})}
     for table, name, command, permissive, roles, using, check in raw["policies"]:
         catalog[f"policy:{table}.{name}"] = {"command": command, "permissive": permissive, "roles": roles, "using": using, "check": check}
+    for name, provider, deterministic, collate, ctype, locale in raw["collations"]:
+        catalog[f"collation:{name}"] = {
+            "provider": provider,
+            "deterministic": deterministic,
+            "collate": collate,
+            "ctype": ctype,
+            "locale": locale,
+        }
+    for signature, result, code, commutator, negator, restrict, join, hashes, merges in raw["operators"]:
+        catalog[f"operator:{signature}"] = {
+            "result": result,
+            "function": code,
+            "commutator": commutator,
+            "negator": negator,
+            "restrict": restrict,
+            "join": join,
+            "hashes": hashes,
+            "merges": merges,
+        }
+    for name, definition in raw["statistics"]:
+        catalog[f"statistics:{name}"] = {"definition": definition}
+    for name, parser, mappings in raw["ts_configs"]:
+        catalog[f"text_search_configuration:{name}"] = {"parser": parser, "mappings": mappings or []}
+    for name, template, options in raw["ts_dictionaries"]:
+        catalog[f"text_search_dictionary:{name}"] = {"template": template, "options": options}
     for identity, extension in raw["extension_members"]:
         catalog[f"extension_member:{identity}"] = {"extension": extension}
     return dict(sorted(catalog.items()))
@@ -597,6 +671,39 @@ class Fingerprints:
         return "sha256:" + hashlib.sha256(("{" + ",".join(parts) + "}").encode()).hexdigest()
 
 
+class RunningFingerprint:
+    """fingerprint() of a catalog that a run changes a few entries at a time. Each entry's part of the canonical JSON is
+    kept in key order; advancing from the catalog last hashed re-makes only the parts of the keys that changed, then
+    hashes the joined parts (no sort, no JSON of the entries that did not change). Byte-identical to fingerprint()."""
+
+    def __init__(self) -> None:
+        self._last: Catalog | None = None
+        self._keys: list[str] = []
+        self._parts: dict[str, str] = {}
+
+    @staticmethod
+    def _part(key: str, entry: Any) -> str:
+        return json.dumps(key) + ":" + json.dumps(entry, sort_keys=True, separators=(",", ":"))
+
+    def __call__(self, catalog: Catalog, previous: Catalog | None = None, changed: Iterable[str] | None = None) -> str:
+        """The fingerprint of `catalog`; `changed` names every key that differs between `previous` and `catalog`."""
+        if previous is None or changed is None or previous is not self._last:
+            self._keys = sorted(catalog)
+            self._parts = {k: self._part(k, catalog[k]) for k in self._keys}
+        else:
+            for key in changed:
+                if key in catalog:
+                    if key not in self._parts:
+                        bisect.insort(self._keys, key)
+                    self._parts[key] = self._part(key, catalog[key])
+                elif key in self._parts:
+                    del self._parts[key]
+                    del self._keys[bisect.bisect_left(self._keys, key)]
+        self._last = catalog
+        parts = self._parts
+        return "sha256:" + hashlib.sha256(("{" + ",".join([parts[k] for k in self._keys]) + "}").encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Difference:
     """One object that differs between the expected and the live catalog."""
@@ -660,13 +767,11 @@ def writes_at_begin(conn: psycopg.Connection[Any]) -> dict[str, int] | None:
     return None if row is None or row[-1] is None else {str(k): int(v) for k, v in row[-1].items()}
 
 
-# The settings catalog definitions print under (the session digest above): a migration may change them with SET LOCAL
-# (or SET); the verifying read puts back the session's own values first, as a later session would read the schema.
-RESET_PRINT_SETTINGS = (
-    "SELECT pg_catalog.set_config(name, reset_val, true) FROM pg_catalog.pg_settings WHERE pg_catalog.lower(name) OPERATOR(pg_catalog.=) ANY(ARRAY["
-    "'search_path', 'quote_all_identifiers', 'extra_float_digits', 'datestyle', 'intervalstyle', 'timezone',"
-    " 'bytea_output', 'standard_conforming_strings', 'xmloption'])"
-)
+# The settings catalog definitions print under (the session digest above), pinned for the transaction: a migration
+# may change them with SET LOCAL (or SET), and the session may have started under others (PGTZ): the verifying read
+# prints under the engine's own, as any later read of the schema does (connection.PINNED).
+RESET_PRINT_SETTINGS = pin_settings(local=True)
+
 
 # What a migration may leave on the session for the next one: settings (SET without LOCAL), the role (RESET ALL leaves
 # it alone), temporary objects. Settings and role return to what the connection started with (its startup options).

@@ -26,6 +26,38 @@ def mask_dsn(text: str) -> str:
     return _PASSWORD_SQL.sub(r"\1'***'", _PASSWORD_KV.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text)))
 
 
+# What constants parse under and definitions print under, pinned for every session of the engine (as pg_dump pins
+# its own): a database default (ALTER DATABASE ... SET TimeZone), a role default or the operator's PGTZ/PGDATESTYLE
+# would otherwise change what a migration's `'2024-01-01'::timestamptz` means and how the catalog read prints it.
+PINNED = (
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+    ("standard_conforming_strings", "on"),
+    ("quote_all_identifiers", "off"),
+    ("xmloption", "content"),
+    ("lc_monetary", "C"),
+)
+_REPORTED = ("TimeZone", "DateStyle", "IntervalStyle", "standard_conforming_strings")
+
+
+def pin_settings(*, local: bool) -> str:
+    """One statement that sets PINNED (and search_path back to what the session started with), for the transaction
+    (`local`) or the session."""
+    values = ", ".join(f"('{name}', '{value}')" for name, value in PINNED)
+    flag = "true" if local else "false"
+    return (
+        f"SELECT pg_catalog.set_config(v.name, v.value, {flag}) FROM (VALUES {values}) v(name, value)"
+        f" UNION ALL SELECT pg_catalog.set_config(s.name, s.reset_val, {flag}) FROM pg_catalog.pg_settings s"
+        " WHERE s.name OPERATOR(pg_catalog.=) 'search_path'"
+    )
+
+
+PIN_SESSION = pin_settings(local=False)
+
+
 @dataclass(frozen=True)
 class ConnectionSettings:
     host: str = "127.0.0.1"
@@ -86,12 +118,14 @@ class ConnectionSettings:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
 
     def connect(self, *, autocommit: bool = True, search_path: str | None = None) -> psycopg.Connection[Any]:
-        """Open a connection; failures become ConnectFailed with the password masked."""
+        """Open a connection with the settings definitions print and constants parse under pinned (PINNED); failures
+        become ConnectFailed with the password masked."""
         import psycopg
 
         # Quoted as an identifier, with spaces and backslashes escaped for libpq's options syntax.
         quoted = None if search_path is None else '"' + search_path.replace('"', '""') + '"'
-        options = None if quoted is None else "-c search_path=" + quoted.replace("\\", "\\\\").replace(" ", "\\ ")
+        pinned = {**dict(PINNED), **({} if quoted is None else {"search_path": quoted})}
+        options = " ".join("-c " + f"{name}={value}".replace("\\", "\\\\").replace(" ", "\\ ") for name, value in pinned.items())
         kwargs: dict[str, Any] = {
             "host": self.host,
             "port": self.port,
@@ -108,7 +142,7 @@ class ConnectionSettings:
         if options:
             kwargs["options"] = options
         try:
-            return psycopg.connect(autocommit=autocommit, **kwargs)
+            conn = psycopg.connect(autocommit=autocommit, **kwargs)
         except psycopg.OperationalError as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if self.password:
@@ -119,3 +153,8 @@ class ConnectionSettings:
                 "check host, port, user and password (PGPASSWORD or the stack secret), and that the server is running and reachable.",
                 refused="FATAL:" in full,  # libpq's wording when the server answered (login, database, limits), not the network
             ) from None
+        # libpq sends PGTZ and PGDATESTYLE from the environment after the options, and they win: the server reports
+        # both (and IntervalStyle) when the session starts, so pinning them again costs a round trip only then.
+        if any(conn.info.parameter_status(name) not in (value, None) for name, value in PINNED if name in _REPORTED):
+            conn.execute(PIN_SESSION)
+        return conn

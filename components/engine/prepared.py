@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
@@ -31,22 +31,27 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s")
 REPLACED = "the engine's prepared statements were replaced or removed: "
 
 # Every name, function and operator qualified: the migration's schema is on the search_path (see catalog.py).
+# The prepare time as seconds since the epoch (numeric: exact to the microsecond), never as text a migration's
+# DateStyle would print.
+_TIME = "EXTRACT(epoch FROM p.prepare_time)"
 _RECORD = (
-    "SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p.statement, 'UTF8')), 'hex'), p.prepare_time"
-    " FROM pg_catalog.pg_prepared_statements p WHERE p.name OPERATOR(pg_catalog.=) %s"
+    "SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p.statement, 'UTF8')), 'hex'), "
+    + _TIME
+    + " FROM pg_catalog.pg_prepared_statements p WHERE p.name OPERATOR(pg_catalog.=) %s"
 )
 _GUARD = (
     "SELECT CASE WHEN x.bad IS NULL THEN 0 ELSE ('" + REPLACED.replace("'", "''") + "' OPERATOR(pg_catalog.||) x.bad)::pg_catalog.int4 END"
     " FROM (SELECT pg_catalog.string_agg(e.name, ', ' ORDER BY e.name) AS bad"
     " FROM ROWS FROM (pg_catalog.unnest(%(names)s::pg_catalog.text[]), pg_catalog.unnest(%(hashes)s::pg_catalog.text[]),"
-    " pg_catalog.unnest(%(times)s::pg_catalog.timestamptz[])) AS e(name, hash, prepared)"
+    " pg_catalog.unnest(%(times)s::pg_catalog.numeric[])) AS e(name, hash, prepared)"
     " WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements p WHERE p.name OPERATOR(pg_catalog.=) e.name"
-    " AND p.prepare_time OPERATOR(pg_catalog.=) e.prepared"
+    " AND " + _TIME + " OPERATOR(pg_catalog.=) e.prepared"
     " AND pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p.statement, 'UTF8')), 'hex') OPERATOR(pg_catalog.=) e.hash)) x"
 )
 _LIST = (
-    "SELECT p.name, pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p.statement, 'UTF8')), 'hex'), p.prepare_time"
-    " FROM pg_catalog.pg_prepared_statements p WHERE p.name OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])"
+    "SELECT p.name, pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p.statement, 'UTF8')), 'hex'), "
+    + _TIME
+    + " FROM pg_catalog.pg_prepared_statements p WHERE p.name OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])"
 )
 
 
@@ -83,7 +88,7 @@ class PreparedStatements:
         self.conn = conn
         conn.prepare_threshold = None  # psycopg would otherwise prepare, then DEALLOCATE ALL after the next ALTER
         self._order: dict[str, list[str | int]] = {}
-        self._record: dict[str, tuple[str, datetime]] = {}
+        self._record: dict[str, tuple[str, Decimal]] = {}
         self._pending: dict[str, tuple[list[str | int], psycopg.Cursor[Any], psycopg.Cursor[Any]]] = {}
         self._names: set[str] = set()  # every name this connection's engine uses
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from . import catalog as cat
-from .connection import ConnectionSettings, mask_dsn
+from .connection import PIN_SESSION, ConnectionSettings, mask_dsn
 from .errors import ChecksumMismatch, IncompleteMigration, MigrationError, NotWritable, PermissionMissing, StatementFailed, VerifyFailed
 from .guards import set_timeouts, timeouts_query, writes_of
 from .ledger import APPLIED, STARTED, Ledger, LedgerState
@@ -101,8 +101,8 @@ class StepRunner:
     # The catalog last proven equal to the live schema (pre-check or previous step): a step then reads only what changed.
     verified: cat.Verified | None = None
     prepared: PreparedStatements = field(init=False)
-    # Consecutive steps' catalogs share most entries: each entry's JSON is made once (1.9 ms for 6,000 entries).
-    _fingerprints: cat.Fingerprints = field(init=False, default_factory=cat.Fingerprints)
+    # Consecutive steps' catalogs differ by their delta: only the changed entries' JSON is made again at each step.
+    _fingerprints: cat.RunningFingerprint = field(init=False, default_factory=cat.RunningFingerprint)
 
     def __post_init__(self) -> None:
         self.prepared = PreparedStatements(self.conn)
@@ -154,10 +154,7 @@ class StepRunner:
                 except psycopg.Error as exc:  # the engine's own (converted in _attempt) never gets here: the server's
                     raise self._unfinished(label, exc, committing=committing) from None
                 finally:
-                    complete = self.prepared.settle()
-                    dropping = any(st.kind in DROP_PREPARED for st in statements)
-                    if (dropping or not ok or not complete) and not (self.conn.closed or self.conn.broken):
-                        self.prepared.resync()  # the step may have deallocated or replaced the engine's statements
+                    self._settle(run, ok)
             except _Failed as failed:
                 if failed.state == LOCK_NOT_AVAILABLE and attempt < self.options.ddl_retries:
                     self._wait_to_retry(attempt, label, failed.index, len(statements), failed.stmt, "rolled back")
@@ -166,6 +163,25 @@ class StepRunner:
             self.verified = proven
             return fingerprint
         raise AssertionError("unreachable")
+
+    def _settle(self, run: _StepRun, committed: bool) -> None:
+        """After a step's transaction: record the engine's statements prepared in it, and resync them if the step may
+        have deallocated or replaced them. A failure here after COMMIT must not read as the step's own."""
+        import psycopg
+
+        try:
+            complete = self.prepared.settle()
+            dropping = any(st.kind in DROP_PREPARED for st in run.statements)
+            if (dropping or not committed or not complete) and not (self.conn.closed or self.conn.broken):
+                self.prepared.resync()  # the step may have deallocated or replaced the engine's statements
+        except psycopg.Error as exc:
+            if not committed:
+                raise  # the step's own failure is being raised: this one is told by the caller's handler
+            raise StatementFailed(
+                f"{run.label} was verified and committed (the ledger records it); then the engine's check of its own prepared "
+                f"statements failed ({first_line(exc, self.settings)}), and the run stopped before the next step.",
+                "run apply again: it continues after this version on a new connection.",
+            ) from None
 
     def _unfinished(self, label: str, exc: Exception, *, committing: bool) -> MigrationError:
         """A server error raised by the step's transaction itself: by COMMIT (`committing`), or by a read after the
@@ -206,7 +222,7 @@ class StepRunner:
         step, label, statements, expected_version = run.step, run.label, run.statements, run.expected_version
         expected, expected_fingerprint, full, delta, order = run.expected, run.expected_fingerprint, run.full, run.delta, run.order
         t0 = time.monotonic()
-        for query in cat.RESET_SESSION:  # each migration starts from the connection's own settings, whatever ran before
+        for query in (*cat.RESET_SESSION, cat.RESET_PRINT_SETTINGS):  # each migration starts from the engine's settings
             self.conn.execute(query)
         self.prepared.guard()  # an earlier statement on this connection may have replaced the engine's statements
         timeouts = self.prepared.execute("wishlist_timeouts", *timeouts_query(self.options, local=True))
@@ -283,9 +299,11 @@ class StepRunner:
             assert row is not None
         if scoped:
             assert self.verified is not None
+            before = self.verified.catalog
             proven = cat.scoped_result(row[0], self.verified, expected, writes, delta, order)
             if proven is not None:  # the live catalog is `expected`: meta/ must record its hash
-                self._check_fingerprint(label, expected_version, expected_fingerprint, self._fingerprints(expected))
+                hashed = self._fingerprints(expected, before, delta)
+                self._check_fingerprint(label, expected_version, expected_fingerprint, hashed)
                 return expected_fingerprint, proven
             again = self.conn.execute(*cat.verifiable_query(self.schema))
             pipe.sync()
@@ -372,6 +390,8 @@ class StepRunner:
         self, step: Step, label: str, statements: list[Statement], expected_version: str | None, expected: cat.Catalog, started: float
     ) -> str:
         total, start = len(statements), step.resume_from
+        for query in (*cat.RESET_SESSION, PIN_SESSION):  # as a step in a transaction: from the engine's own settings
+            self.conn.execute(query)
         if not step.resuming:
             self._record(step, started, None, status=STARTED, done=0, digest=statements_digest([]))
         else:

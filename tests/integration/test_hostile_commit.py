@@ -230,3 +230,47 @@ def test_a_deferred_failure_at_commit_is_told_as_a_migration_error(
     assert isinstance(failure.value, MigrationError), f"{type(failure.value).__name__}: {failure.value}"
     assert "0009" in str(failure.value) and "rolled back" in str(failure.value)
     assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008"]
+
+
+# -- 6. Sequence options (pg_sequence): the last part of a relation's definition the model did not print.
+
+_SEQUENCE_BASE = BASE["0008"] + "CREATE SEQUENCE s;\nCREATE TABLE ids (id bigint GENERATED ALWAYS AS IDENTITY, note text);\n"
+SEQUENCE_CHANGES = {
+    "increment": "ALTER SEQUENCE s INCREMENT BY 10",
+    "cycle": "ALTER SEQUENCE s CYCLE",
+    "maxvalue": "ALTER SEQUENCE s MAXVALUE 100",
+    "identity start": "ALTER TABLE ids ALTER COLUMN id RESTART WITH 1000",
+    "identity increment": "ALTER TABLE ids ALTER COLUMN id SET INCREMENT BY 5",
+}
+
+
+@pytest.mark.parametrize("case", sorted(SEQUENCE_CHANGES))
+def test_verify_reports_a_changed_sequence_option(
+    case: str, fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    mset = _write(set_copy, admin, {"0008": _SEQUENCE_BASE})
+    Engine(fresh_db, mset).apply()
+    assert Engine(fresh_db, mset).verify().ok
+    with fresh_db.connect(search_path="public") as conn:
+        conn.execute("SELECT nextval('s')")  # using a sequence is not drift
+        conn.execute("INSERT INTO ids (note) VALUES ('x')")
+    assert Engine(fresh_db, mset).verify().ok
+    with fresh_db.connect(search_path="public") as conn:
+        conn.execute(SEQUENCE_CHANGES[case])
+    if case == "identity start":  # RESTART moves the current value only: not a definition, not drift
+        assert Engine(fresh_db, mset).verify().ok
+    else:
+        assert not Engine(fresh_db, mset).verify().ok, f"{case}: verify reports no drift"
+
+
+@pytest.mark.parametrize("case", sorted(set(SEQUENCE_CHANGES) - {"identity start"}))
+def test_a_middle_step_that_also_changes_a_sequence_is_rolled_back(
+    case: str, fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "SCOPED_FROM", 0)
+    _write(set_copy, admin, {"0008": _SEQUENCE_BASE, "0009": BASE["0009"], "0010": BASE["0010"]})
+    mset = _swap(set_copy, "0009", BASE["0009"] + SEQUENCE_CHANGES[case] + ";\n")
+    with pytest.raises(MigrationError) as failure:
+        Engine(fresh_db, mset).apply()
+    assert "0009" in str(failure.value) and "rolled back" in str(failure.value), str(failure.value)
+    assert [r[0] for r in ledger_rows(fresh_db)] == ["0007", "0008"]

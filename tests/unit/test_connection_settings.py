@@ -7,15 +7,22 @@ from typing import Any
 import psycopg
 import pytest
 
-from components.engine.connection import ConnectionSettings
+from components.engine.connection import PINNED, ConnectionSettings
 
 
 def _connect_kwargs(monkeypatch: pytest.MonkeyPatch, settings: ConnectionSettings) -> dict[str, Any]:
     seen: dict[str, Any] = {}
 
+    class _Info:
+        def parameter_status(self, name: str) -> str | None:
+            return dict(PINNED).get(name)  # as a server that took the pinned settings reports them
+
+    class _Connection:
+        info = _Info()
+
     def fake_connect(**kwargs: Any) -> object:
         seen.update(kwargs)
-        return object()
+        return _Connection()
 
     monkeypatch.setattr(psycopg, "connect", fake_connect)
     settings.connect()

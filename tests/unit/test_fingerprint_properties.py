@@ -43,3 +43,31 @@ def test_catalogs_sharing_entries_walked_forward_fingerprint_as_the_plain_one(
             k = data.draw(st.sampled_from(sorted(catalog)))
             catalog[k] = dict(catalog[k])
         assert fingerprints(catalog) == cat.fingerprint(catalog)
+
+
+@settings(max_examples=80, deadline=None)
+@given(_CATALOGS, st.lists(st.lists(st.tuples(st.text(max_size=24), _ENTRIES | st.none()), max_size=5), max_size=6), st.data())
+def test_a_running_fingerprint_advanced_by_each_steps_delta_equals_the_plain_one(
+    first: dict[str, dict[str, Any]], steps: list[list[tuple[str, dict[str, Any] | None]]], data: st.DataObject
+) -> None:
+    """As the step runner advances it: from the catalog it last hashed, by the keys a step's delta names (a key named
+    whose entry did not change, and a catalog it did not hash last, are allowed: the latter is hashed from scratch)."""
+    running = cat.RunningFingerprint()
+    previous: dict[str, dict[str, Any]] | None = None
+    catalog = dict(first)
+    assert running(catalog) == cat.fingerprint(catalog)
+    previous = catalog
+    for changes in steps:
+        catalog = dict(previous)
+        changed = set()
+        for key, entry in changes:
+            changed.add(key)
+            if entry is None:
+                catalog.pop(key, None)
+            else:
+                catalog[key] = entry
+        if catalog and data.draw(st.booleans()):  # a key named in the delta though its entry stayed the same
+            changed.add(data.draw(st.sampled_from(sorted(catalog))))
+        stale = data.draw(st.booleans())  # advanced from a catalog it did not hash last: must start over
+        assert running(catalog, dict(previous) if stale else previous, changed) == cat.fingerprint(catalog)
+        previous = catalog
