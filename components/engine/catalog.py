@@ -211,7 +211,11 @@ rels AS (
 ),
 types AS (
   SELECT t.oid, t.typname, t.typtype FROM (SELECT objid AS oid FROM closure WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
-      UNION SELECT n.oid FROM pg_catalog.pg_type n, ns WHERE n.typname OPERATOR(pg_catalog.=) ANY(%(names)s::pg_catalog.text[]) AND n.typnamespace OPERATOR(pg_catalog.=) ns.oid) k
+      UNION SELECT n.oid FROM pg_catalog.pg_type n, ns WHERE n.typname OPERATOR(pg_catalog.=) ANY(%(names)s::pg_catalog.text[]) AND n.typnamespace OPERATOR(pg_catalog.=) ns.oid
+      -- a domain whose CHECK depends on what changed (a function renamed)
+      UNION SELECT k.contypid FROM closure c CROSS JOIN LATERAL (SELECT k.contypid FROM pg_catalog.pg_constraint k
+        WHERE k.oid OPERATOR(pg_catalog.=) c.objid OFFSET 0) k
+        WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_constraint'::pg_catalog.regclass AND k.contypid OPERATOR(pg_catalog.<>) 0) k
     CROSS JOIN LATERAL (SELECT t.oid, t.typname, t.typtype, t.typnamespace FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.=) k.oid OFFSET 0) t, ns
   WHERE t.typnamespace OPERATOR(pg_catalog.=) ns.oid AND t.typtype OPERATOR(pg_catalog.=) ANY ('{{e,d}}'::pg_catalog."char"[]) AND NOT (t.oid OPERATOR(pg_catalog.=) ANY (SELECT objid FROM ext))
 ),
@@ -238,7 +242,9 @@ cols AS (
          CASE WHEN a.attstorage OPERATOR(pg_catalog.<>) (SELECT y.typstorage FROM pg_catalog.pg_type y
                                                           WHERE y.oid OPERATOR(pg_catalog.=) a.atttypid)
               THEN a.attstorage::pg_catalog.text END AS storage_mode,
-         CASE WHEN a.attcompression::pg_catalog.text OPERATOR(pg_catalog.<>) '' THEN a.attcompression::pg_catalog.text END AS compression_method
+         CASE WHEN a.attcompression::pg_catalog.text OPERATOR(pg_catalog.<>) '' THEN a.attcompression::pg_catalog.text END AS compression_method,
+         (SELECT pg_catalog.string_agg(x.privilege_type, ',' ORDER BY x.privilege_type) FROM pg_catalog.aclexplode(a.attacl) x
+          WHERE x.grantee OPERATOR(pg_catalog.=) 0) AS public_column_privileges
   FROM rels r
   -- per relation on pg_attribute's index (OFFSET 0): a scoped read holds a few relations, not the whole catalog
   CROSS JOIN LATERAL (SELECT * FROM pg_catalog.pg_attribute a
@@ -268,17 +274,13 @@ SELECT pg_catalog.json_build_object(
                         'start', q.seqstart, 'increment', q.seqincrement, 'min', q.seqmin, 'max', q.seqmax, 'cache', q.seqcache,
                         'cycle', q.seqcycle) FROM pg_catalog.pg_sequence q WHERE q.seqrelid OPERATOR(pg_catalog.=) rels.oid),
                     -- privileges granted to PUBLIC (the access component grants to named roles only)
+                    -- privileges granted to PUBLIC (the access component grants to named roles only; a database whose
+                    -- default privileges grant PUBLIC is refused by the preflight: guards.preflight_check)
                     'public_privileges', (SELECT pg_catalog.string_agg(a.privilege_type, ',' ORDER BY a.privilege_type)
-                      FROM pg_catalog.aclexplode(relacl) a WHERE a.grantee OPERATOR(pg_catalog.=) 0
-                        -- what the database's default privileges grant PUBLIC on new objects is the database's, not drift
-                        AND NOT EXISTS (SELECT FROM pg_catalog.pg_default_acl d CROSS JOIN LATERAL pg_catalog.aclexplode(d.defaclacl) x
-                          WHERE d.defaclrole OPERATOR(pg_catalog.=) relowner
-                            AND d.defaclnamespace OPERATOR(pg_catalog.=) ANY (ARRAY['0'::pg_catalog.oid, relnamespace])
-                            AND d.defaclobjtype OPERATOR(pg_catalog.=) CASE WHEN relkind OPERATOR(pg_catalog.=) 'S' THEN 'S'::pg_catalog."char" ELSE 'r'::pg_catalog."char" END
-                            AND x.grantee OPERATOR(pg_catalog.=) 0 AND x.privilege_type OPERATOR(pg_catalog.=) a.privilege_type)))))), '[]')
+                      FROM pg_catalog.aclexplode(relacl) a WHERE a.grantee OPERATOR(pg_catalog.=) 0))))), '[]')
                 FROM rels WHERE relkind OPERATOR(pg_catalog.=) ANY ('{{r,p,v,m,f,S,c}}'::pg_catalog."char"[])),
   'columns', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(relname, attname, position, type, not_null,
-                  default_expr, identity, generated, collation_name, storage_mode, compression_method)), '[]') FROM cols),
+                  default_expr, identity, generated, collation_name, storage_mode, compression_method, public_column_privileges)), '[]') FROM cols),
   'enums', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(t.typname,
                   (SELECT pg_catalog.json_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_catalog.pg_enum e
                    WHERE e.enumtypid OPERATOR(pg_catalog.=) t.oid))), '[]')
@@ -311,6 +313,9 @@ SELECT pg_catalog.json_build_object(
                     'volatility', CASE WHEN p.provolatile OPERATOR(pg_catalog.<>) 'v' THEN p.provolatile::pg_catalog.text END,
                     'parallel', CASE WHEN p.proparallel OPERATOR(pg_catalog.<>) 'u' THEN p.proparallel::pg_catalog.text END,
                     'config', p.proconfig,
+                    -- PUBLIC may execute a function unless revoked (proacl NULL is the default, which grants it)
+                    'public_execute', CASE WHEN p.proacl IS NOT NULL AND NOT EXISTS (SELECT FROM pg_catalog.aclexplode(p.proacl) x
+                      WHERE x.grantee OPERATOR(pg_catalog.=) 0 AND x.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE') THEN false END,
                     'aggregate', (SELECT pg_catalog.json_build_object('sfunc', g.aggtransfn::pg_catalog.regproc::pg_catalog.text,
                         'stype', pg_catalog.format_type(g.aggtranstype, NULL), 'final', g.aggfinalfn::pg_catalog.regproc::pg_catalog.text,
                         'combine', g.aggcombinefn::pg_catalog.regproc::pg_catalog.text, 'init', g.agginitval, 'kind', g.aggkind::pg_catalog.text,
@@ -385,6 +390,11 @@ _SCOPED_EXTRA = (
     + """,
   'seen', """
     + _SEEN
+    # what changed reaches an object only the whole read prints (an operator whose function was renamed): refuse
+    + """,
+  'unprinted', EXISTS (SELECT FROM closure WHERE classid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_operator'::pg_catalog.regclass,
+    'pg_catalog.pg_collation'::pg_catalog.regclass, 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass,
+    'pg_catalog.pg_ts_config'::pg_catalog.regclass, 'pg_catalog.pg_ts_dict'::pg_catalog.regclass]::pg_catalog.oid[]))"""
 )
 
 # How the body reaches the indexes and constraints of `rels`: by hash join when it holds the whole schema, by index
@@ -451,7 +461,7 @@ def parse_rows(raw: Mapping[str, Any]) -> Catalog:
         if viewdef is not None:
             entry["definition"] = viewdef
         catalog[f"{_RELATION_KINDS[relkind]}:{name}"] = {**entry, **flags}
-    for table, column, position, typ, not_null, default, identity, generated, collation, storage, compression in raw["columns"]:
+    for table, column, position, typ, not_null, default, identity, generated, collation, storage, compression, public in raw["columns"]:
         catalog[f"column:{table}.{column}"] = {
             "position": position,
             "type": typ,
@@ -462,6 +472,7 @@ def parse_rows(raw: Mapping[str, Any]) -> Catalog:
             **({"collation": collation} if collation else {}),
             **({"storage": storage} if storage else {}),
             **({"compression": compression} if compression else {}),
+            **({"public_privileges": public} if public else {}),
         }
     for name, labels in raw["enums"]:
         catalog[f"enum:{name}"] = {"labels": labels or []}
@@ -594,7 +605,8 @@ def scoped_result(
         delta = frozenset(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     ended = raw["writes"] or {}
     if (
-        raw.get("seen") != writes  # the counts the read compared with were not those taken at BEGIN (SET, RESET ALL)
+        raw.get("unprinted")
+        or raw.get("seen") != writes  # the counts the read compared with were not those taken at BEGIN (SET, RESET ALL)
         or raw["session"] != prev.session
         or any(ended.get(f"del:{t}") != writes.get(f"del:{t}") for t in _DROPS)
         or ended.get("other") != writes.get("other")

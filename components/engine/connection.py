@@ -18,12 +18,20 @@ _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)\S*@")  # greedy: a password may 
 
 _PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|(?:\\.|\S)+)", re.IGNORECASE)
 # SQL text shown in messages (a statement, another session's query): CREATE/ALTER ROLE ... PASSWORD '...'.
+_MENTIONS_PASSWORD = re.compile(r"password", re.IGNORECASE)
+# Comments (kept, so that a quote inside one does not start a literal), dollar-quoted strings, quoted literals (E'',
+# U&'', B'', X'', N''; unterminated ones run to the end).
+_SQL_TOKENS = re.compile(r"/\*.*?\*/|--[^\n]*|\$(\w*)\$.*?(?:\$\1\$|$)|(?:[EeBbXxNn]|[Uu]&)?'(?:[^'\\]|\\.|'')*'?", re.S)
 _PASSWORD_SQL = re.compile(r"(\bpassword\s+)(E'(?:[^'\\]|\\.|'')*'?|'(?:[^']|'')*'?|\$(\w*)\$.*?(?:\$\3\$|$))", re.IGNORECASE)
 
 
 def mask_dsn(text: str) -> str:
-    """Replace any password in DSN-looking text by ***."""
-    return _PASSWORD_SQL.sub(r"\1'***'", _PASSWORD_KV.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text)))
+    """Replace any password in DSN-looking text by ***; in SQL text that mentions a password anywhere, every string
+    literal (a password may reach PASSWORD through format(), quote_literal() or a comment in between)."""
+    masked = _PASSWORD_SQL.sub(r"\1'***'", _PASSWORD_KV.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text)))
+    if _MENTIONS_PASSWORD.search(masked):
+        masked = _SQL_TOKENS.sub(lambda m: m.group(0) if m.group(0).startswith(("/*", "--")) else "'***'", masked)
+    return masked
 
 
 # What constants parse under and definitions print under, pinned for every session of the engine (as pg_dump pins
@@ -39,8 +47,16 @@ PINNED = (
     ("quote_all_identifiers", "off"),
     ("xmloption", "content"),
     ("lc_monetary", "C"),
+    # how a statement's text and constants are read
+    ("client_encoding", "UTF8"),
+    ("array_nulls", "on"),
+    ("timezone_abbreviations", "Default"),
+    ("transform_null_equals", "off"),
+    ("backslash_quote", "safe_encoding"),
+    ("xmlbinary", "base64"),
+    ("default_table_access_method", "heap"),
 )
-_REPORTED = ("TimeZone", "DateStyle", "IntervalStyle", "standard_conforming_strings")
+_REPORTED = ("TimeZone", "DateStyle", "IntervalStyle", "standard_conforming_strings", "client_encoding")
 
 
 def pin_settings(*, local: bool) -> str:

@@ -48,7 +48,13 @@ def preflight_statement(schema: str, ledger_schema: str) -> tuple[str, dict[str,
         " ARRAY(SELECT p FROM pg_catalog.unnest(ARRAY['USAGE', 'CREATE']) p WHERE s.ledger IS NOT NULL AND NOT pg_catalog.has_schema_privilege(s.ledger, p)),"
         " ARRAY(SELECT x.rel OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) p FROM (VALUES ('applied', t.tbl), ('owner', t.own)) x(rel, oid),"
         "       pg_catalog.unnest(%(privs)s::pg_catalog.text[]) p WHERE x.oid IS NOT NULL AND NOT pg_catalog.has_table_privilege(x.oid, p)),"
-        " pg_catalog.quote_ident(pg_catalog.current_database()), pg_catalog.quote_ident(current_user), pg_catalog.quote_ident(%(schema)s), pg_catalog.quote_ident(%(ledger)s)"
+        " pg_catalog.quote_ident(pg_catalog.current_database()), pg_catalog.quote_ident(current_user), pg_catalog.quote_ident(%(schema)s), pg_catalog.quote_ident(%(ledger)s),"
+        # default privileges of this role that grant PUBLIC on the tables and sequences it creates in the schema
+        " ARRAY(SELECT DISTINCT d.defaclobjtype::pg_catalog.text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) x.privilege_type"
+        "       FROM pg_catalog.pg_default_acl d CROSS JOIN LATERAL pg_catalog.aclexplode(d.defaclacl) x"
+        "       WHERE d.defaclrole OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user)"
+        "         AND d.defaclnamespace OPERATOR(pg_catalog.=) ANY (ARRAY['0'::pg_catalog.oid, s.target])"
+        "         AND d.defaclobjtype OPERATOR(pg_catalog.=) ANY ('{r,S}'::pg_catalog.\"char\"[]) AND x.grantee OPERATOR(pg_catalog.=) 0)"
         " FROM s, t",
         {"schema": schema, "ledger": ledger_schema, "privs": list(TABLE_PRIVILEGES)},
     )
@@ -59,7 +65,7 @@ def preflight_check(row: tuple[Any, ...] | None, settings: ConnectionSettings) -
     assert row is not None
     (_user, standby, tx_ro, default_ro, has_schema, schema_missing, ledger_exists, db_create, ledger_missing, table_missing) = row[:10]
     # Names as PostgreSQL quotes them (only when needed), so the printed fix commands run as they are.
-    db, who, s_id, l_id = row[10:]
+    db, who, s_id, l_id, public_defaults = row[10:]
     where = settings.describe()
     if standby:
         raise NotWritable(
@@ -70,6 +76,15 @@ def preflight_check(row: tuple[Any, ...] | None, settings: ConnectionSettings) -
         raise NotWritable(
             f"the session on {where} is read-only (default_transaction_read_only={default_ro}).",
             f"connect with a read-write session, e.g. `ALTER ROLE {who} SET default_transaction_read_only = off`, or use the writer endpoint.",
+        )
+    if public_defaults:
+        grants = ", ".join(sorted(public_defaults))
+        raise PermissionMissing(
+            f"role {who} on {where} has default privileges that grant PUBLIC {grants} (r: tables, S: sequences) on what it "
+            f"creates in schema {s_id}: every table a migration creates would hold a grant its snapshot (made without them) "
+            "does not, and verification would refuse it. Nothing was written.",
+            f"revoke them (ALTER DEFAULT PRIVILEGES FOR ROLE {who} [IN SCHEMA {s_id}] REVOKE ALL ON TABLES FROM PUBLIC; the same "
+            "ON SEQUENCES), and grant PUBLIC in a migration if that is intended.",
         )
     missing: list[str] = []
     if not has_schema:
@@ -100,7 +115,7 @@ def _holder(conn: psycopg.Connection[Any], key: int) -> str:
     """Who holds the advisory lock `key` (a bigint key is stored as classid = high 32 bits, objid = low 32 bits)."""
     row = conn.execute(
         "SELECT a.pid, a.application_name, a.usename, a.client_addr::pg_catalog.text, a.backend_start, a.state, a.state_change,"
-        " left(regexp_replace(a.query, '\\s+', ' ', 'g'), 120)"
+        " pg_catalog.left(pg_catalog.regexp_replace(a.query, '\\s+', ' ', 'g'), 120)"
         " FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid"
         " WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted AND l.objsubid OPERATOR(pg_catalog.=) 1 AND l.database OPERATOR(pg_catalog.=) "
         " (SELECT oid FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())"
