@@ -121,8 +121,9 @@ def gate_from(raw: Any) -> Gate | None:
 
 
 def _fail(exc: MigrationError) -> Exception:
-    # The engine's messages already mask passwords; keep the traceback out of the CLI output.
-    return Exception(f"{type(exc).__name__}: {exc}")
+    # Keep the traceback out of the CLI output; mask again: a message may quote a definition (drift in a view) that
+    # holds a password.
+    return Exception(mask_dsn(f"{type(exc).__name__}: {exc}"))
 
 
 def tampered_in_state(olds: dict[str, Any], news: dict[str, Any]) -> str | None:
@@ -381,7 +382,7 @@ def _outputs(props: dict[str, Any], result: RunResult, drift: list[str] | None =
         "applied_version": result.current,
         "applied": applied,
         "fingerprint": result.fingerprint,
-        "drift": drift or [],
+        "drift": [mask_dsn(d) for d in drift or []],  # stack state: a drifted definition may hold a password
         "database_identity": None if state is None else state.identity,
     }
 

@@ -404,6 +404,18 @@ class Engine:
         self, steps: tuple[Step, ...], state: LedgerState, target: str | None, allow_rollback: bool, allow_forward: bool
     ) -> None:
         downs = [s for s in steps if s.direction == "down"]
+        resumed = [s for s in downs if s.resuming]
+        if resumed and not allow_rollback:
+            # Not a new rollback: one that was interrupted, outside a transaction, and is still half done.
+            r = resumed[0]
+            raise RollbackRefused(
+                f"the rollback of {r.migration.label} was interrupted after statement {r.resume_from} of its down file (outside "
+                f"a transaction: statements 1-{r.resume_from} stay committed, and the ledger marks it interrupted); target "
+                f"{target_prop(target)} means finishing that rollback, which this command does not do. "
+                "Nothing was run.",
+                f"finish it with `python -m components.migrate rollback --to {target_prop(target)}` (it resumes at statement "
+                f"{r.resume_from + 1}); `status` shows where it stopped.",
+            )
         if downs and not allow_rollback:
             raise RollbackRefused(
                 f"target {target_prop(target)} is below the applied version {state.current}: that is a rollback "

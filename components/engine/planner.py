@@ -180,9 +180,18 @@ def check_resumable(step: Step, done_digest: str | None) -> None:
     """An interrupted run resumes only if the statements it completed are still the file's first statements."""
     if not step.resuming or step.resume_from == 0:
         return
+    m = step.migration
+    if step.transactional:
+        # A run in a transaction runs every statement: the first ones, committed by the interrupted run, would run twice.
+        raise IncompleteMigration(
+            f"{m.label} ({step.direction}) was interrupted outside a transaction after statement {step.resume_from}, and "
+            f"its file no longer says `-- migrate:no-transaction`: run in a transaction now, its first {step.resume_from} "
+            "statement(s) would run a second time.",
+            "put `-- migrate:no-transaction` back (apply then resumes after the completed statements) and put other changes "
+            f"in a new migration; or repair by hand and run `python -m components.migrate resolve {m.version}`.",
+        )
     done = step.statements()[: step.resume_from]
     if len(done) < step.resume_from or statements_digest(done) != done_digest:
-        m = step.migration
         raise IncompleteMigration(
             f"{m.label} ({step.direction}, outside a transaction) was interrupted after statement {step.resume_from}, "
             f"and the file's first {step.resume_from} statement(s) changed since then: resuming could skip or repeat work.",

@@ -392,6 +392,12 @@ class StepRunner:
         total, start = len(statements), step.resume_from
         for query in (*cat.RESET_SESSION, PIN_SESSION):  # as a step in a transaction: from the engine's own settings
             self.conn.execute(query)
+        for stmt in statements[:start]:
+            # A resume runs the rest of the file in a new session: the settings its completed part made (SET search_path,
+            # SET ROLE, ...) are made again first, or the rest would run elsewhere (another schema's tables).
+            if stmt.kind == "VariableSetStmt":
+                self.progress(f"{label}: resuming: `{snippet(stmt)}` (statement {statements.index(stmt) + 1}) run again first")
+                self.conn.execute(stmt.text.encode(), prepare=False)
         if not step.resuming:
             self._record(step, started, None, status=STARTED, done=0, digest=statements_digest([]))
         else:
@@ -459,6 +465,19 @@ class StepRunner:
         states = [self._index_state(schema, name) for schema, name in op.names]
         if op.action == "drop":
             return all(s is None for s in states)
+        if op.action == "reindex":
+            # An interrupted REINDEX CONCURRENTLY leaves its new copies (<index>_ccnew) or, after the swap, the old ones
+            # (<index>_ccold) invalid on the table: dropped concurrently, then the reindex runs again.
+            schema, name = op.names[0]
+            target = f"{sql.Identifier(schema or self.schema).as_string(self.conn)}.{sql.Identifier(name).as_string(self.conn)}"
+            for leftover in self._reindex_leftovers(target):
+                self.progress(f"{label}: dropping the invalid index {leftover} left by the interrupted reindex")
+                self.conn.execute(
+                    sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+                        sql.Identifier(schema or self.schema), sql.Identifier(leftover)
+                    )
+                )
+            return False
         if op.action == "create":
             if states[0] is True:
                 self.progress(f"{label}: index {op.names[0][1]} was built by the interrupted run and is valid; not built again")
@@ -470,6 +489,18 @@ class StepRunner:
                     sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(sql.Identifier(schema or self.schema), sql.Identifier(name))
                 )
         return False
+
+    def _reindex_leftovers(self, target: str) -> list[str]:
+        """Invalid copies a REINDEX CONCURRENTLY of `target` (an index or a table) left on its table."""
+        rows = self.conn.execute(
+            "SELECT c.relname FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) x.indexrelid"
+            " WHERE NOT x.indisvalid AND c.relname OPERATOR(pg_catalog.~) '_cc(new|old)[0-9]*$'"
+            " AND x.indrelid OPERATOR(pg_catalog.=) coalesce((SELECT i.indrelid FROM pg_catalog.pg_index i"
+            "   WHERE i.indexrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s)), pg_catalog.to_regclass(%s)::pg_catalog.oid)"
+            " ORDER BY 1",
+            (target, target),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def _index_state(self, schema: str | None, name: str) -> bool | None:
         """True valid, False invalid, None absent."""
@@ -502,9 +533,21 @@ class StepRunner:
             f"The database now holds {left}. The ledger should mark {step.migration.version} interrupted before statement 1 "
             "(`status` reads it).",
             f"fix the cause, then run apply again: it resumes at statement {failed.index}"
-            + (" (and first drops the invalid index concurrently, then builds it again)" if left.startswith("invalid index") else "")
+            + self._resume_does(failed.stmt, left)
             + ". `python -m components.migrate status` shows where it stopped.",
         )
+
+    @staticmethod
+    def _resume_does(stmt: Statement, left: str) -> str:
+        """What the resume does first about what the failed statement left, by the kind of operation it was."""
+        op = concurrent_index(stmt.text)
+        if op is None or not left.startswith("invalid index"):
+            return ""
+        if op.action == "create":
+            return " (and first drops the invalid index concurrently, then builds it again)"
+        if op.action == "reindex":
+            return " (and first drops the invalid _ccnew/_ccold copies concurrently, then reindexes again)"
+        return " (the drop runs again)"
 
     def _leftovers(self) -> str:
         """Invalid indexes in the schema, read on this connection or, if it broke, a new one."""
