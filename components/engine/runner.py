@@ -222,7 +222,9 @@ class StepRunner:
         step, label, statements, expected_version = run.step, run.label, run.statements, run.expected_version
         expected, expected_fingerprint, full, delta, order = run.expected, run.expected_fingerprint, run.full, run.delta, run.order
         t0 = time.monotonic()
-        for query in (*cat.RESET_SESSION, cat.RESET_PRINT_SETTINGS):  # each migration starts from the engine's settings
+        # Each migration starts from the engine's settings: RESET ALL goes back to what the session started with, which
+        # PGTZ/PGCLIENTENCODING may have decided; the pin is for the session, so it also holds after COMMIT.
+        for query in (*cat.RESET_SESSION, PIN_SESSION):
             self.conn.execute(query)
         self.prepared.guard()  # an earlier statement on this connection may have replaced the engine's statements
         timeouts = self.prepared.execute("wishlist_timeouts", *timeouts_query(self.options, local=True))

@@ -250,3 +250,24 @@ def test_a_password_in_a_failing_statement_is_not_printed(
         assert _SECRET not in told, f"{case}: the password is printed: {told[:400]}"
     finally:
         pg_cluster.superuser_psql(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_run_of_several_steps_under_an_operators_pgclientencoding_stores_and_reads_non_ascii_text(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PGCLIENTENCODING wins over the startup options, and RESET ALL at each step goes back to it: the engine pins
+    UTF8 again for the session at every step, so every step's text and every read after it are UTF-8."""
+    files = {
+        "0008": BASE["0008"] + "ALTER TABLE a ADD CONSTRAINT arrow CHECK (note <> '→ café');\nINSERT INTO a VALUES (1, 'naïve →');\n",
+        "0009": BASE["0009"] + "ALTER TABLE b ADD CONSTRAINT arrow_b CHECK (note <> '← été');\n",
+        "0010": BASE["0010"],
+    }
+    mset = _write(set_copy, admin, files)
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")
+    Engine(fresh_db, mset).apply()
+    assert Engine(fresh_db, mset).verify().ok
+    monkeypatch.delenv("PGCLIENTENCODING")
+    with fresh_db.connect() as conn:
+        assert conn.execute("SELECT note FROM a WHERE id = 1").fetchone() == ("naïve →",)
+        defs = {r[0] for r in conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname IN ('arrow', 'arrow_b')")}
+    assert defs == {"CHECK ((note <> '→ café'::text))", "CHECK ((note <> '← été'::text))"}
