@@ -74,7 +74,7 @@ _BY_LOCK: dict[str, tuple[str, str]] = {
 # extension objects): nothing the model prints comes from them.
 _IGNORED = ("pg_depend", "pg_shdepend", "pg_statistic", "pg_statistic_ext_data", "pg_init_privs")
 # Catalogs whose deleted rows mean a dropped object (which leaves no row to read).
-_DROPS = ("pg_class", "pg_constraint", "pg_type", "pg_proc", "pg_trigger", "pg_policy")
+_DROPS = ("pg_class", "pg_constraint", "pg_type", "pg_proc", "pg_trigger", "pg_policy", "pg_rewrite")
 
 
 def _writes(table: str) -> str:
@@ -608,7 +608,11 @@ def scoped_result(
         raw.get("unprinted")
         or raw.get("seen") != writes  # the counts the read compared with were not those taken at BEGIN (SET, RESET ALL)
         or raw["session"] != prev.session
-        or any(ended.get(f"del:{t}") != writes.get(f"del:{t}") for t in _DROPS)
+        # any deleted row of a catalog the proof reads (a dropped rule leaves no row and need not touch its table's)
+        or any(ended.get(k) != writes.get(k) for k in ended if k.startswith("del:"))
+        # a schema created, renamed or dropped: the read finds the schema by name, and a swapped one would hold only
+        # what the delta names
+        or ended.get("pg_namespace") != writes.get("pg_namespace")
         or ended.get("other") != writes.get("other")
     ):
         return None
