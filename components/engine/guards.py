@@ -54,7 +54,14 @@ def preflight_statement(schema: str, ledger_schema: str) -> tuple[str, dict[str,
         "       FROM pg_catalog.pg_default_acl d CROSS JOIN LATERAL pg_catalog.aclexplode(d.defaclacl) x"
         "       WHERE d.defaclrole OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user)"
         "         AND d.defaclnamespace OPERATOR(pg_catalog.=) ANY (ARRAY['0'::pg_catalog.oid, s.target])"
-        "         AND d.defaclobjtype OPERATOR(pg_catalog.=) ANY ('{r,S}'::pg_catalog.\"char\"[]) AND x.grantee OPERATOR(pg_catalog.=) 0)"
+        "         AND d.defaclobjtype OPERATOR(pg_catalog.=) ANY ('{r,S}'::pg_catalog.\"char\"[]) AND x.grantee OPERATOR(pg_catalog.=) 0"
+        # and a global default for functions that takes EXECUTE from PUBLIC (only a global one can: it replaces the
+        # built-in default)
+        "       UNION SELECT 'f:no EXECUTE' FROM pg_catalog.pg_default_acl d"
+        "       WHERE d.defaclrole OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user)"
+        "         AND d.defaclnamespace OPERATOR(pg_catalog.=) 0 AND d.defaclobjtype OPERATOR(pg_catalog.=) 'f'"
+        "         AND NOT EXISTS (SELECT FROM pg_catalog.aclexplode(d.defaclacl) x WHERE x.grantee OPERATOR(pg_catalog.=) 0"
+        "           AND x.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'))"
         " FROM s, t",
         {"schema": schema, "ledger": ledger_schema, "privs": list(TABLE_PRIVILEGES)},
     )
@@ -80,11 +87,12 @@ def preflight_check(row: tuple[Any, ...] | None, settings: ConnectionSettings) -
     if public_defaults:
         grants = ", ".join(sorted(public_defaults))
         raise PermissionMissing(
-            f"role {who} on {where} has default privileges that grant PUBLIC {grants} (r: tables, S: sequences) on what it "
-            f"creates in schema {s_id}: every table a migration creates would hold a grant its snapshot (made without them) "
-            "does not, and verification would refuse it. Nothing was written.",
-            f"revoke them (ALTER DEFAULT PRIVILEGES FOR ROLE {who} [IN SCHEMA {s_id}] REVOKE ALL ON TABLES FROM PUBLIC; the same "
-            "ON SEQUENCES), and grant PUBLIC in a migration if that is intended.",
+            f"role {who} on {where} has default privileges that change what PUBLIC gets on what it creates in schema {s_id} "
+            f"({grants}; r: tables, S: sequences, f: functions): every such object a migration creates would differ from its "
+            "snapshot (made on a database without them), and verification would refuse it. Nothing was written.",
+            f"put the defaults back (ALTER DEFAULT PRIVILEGES FOR ROLE {who} [IN SCHEMA {s_id}] REVOKE ALL ON TABLES FROM PUBLIC; "
+            f"the same ON SEQUENCES; ALTER DEFAULT PRIVILEGES FOR ROLE {who} GRANT EXECUTE ON FUNCTIONS TO PUBLIC), and grant "
+            "or revoke PUBLIC's privileges in the migrations where that is intended.",
         )
     missing: list[str] = []
     if not has_schema:

@@ -25,13 +25,14 @@ from .pgerrors import STATE_FIXES, first_line, sqlstate
 from .planner import Step, statements_digest
 from .prepared import PreparedStatements, replaced_names
 from .sqltext import Statement
-from .statement_kinds import concurrent_index, relations
+from .statement_kinds import concurrent_index, needs_autocommit, relations
 
 if TYPE_CHECKING:
     import psycopg
 
 LOCK_NOT_AVAILABLE = "55P03"
 DUPLICATE_PREPARED = "42P05"
+INVALID_TRANSACTION_TERMINATION = "2D000"
 # Rounds of SET CONSTRAINTS ALL IMMEDIATE after the read before deferred triggers that re-defer themselves are refused.
 DEFERRED_ROUNDS = 20
 # Below this many catalog entries, reading the whole schema costs less than the scoped read (measured: bench section 4).
@@ -408,10 +409,17 @@ class StepRunner:
         for index in range(start, total):
             stmt = statements[index]
             try:
-                if concurrent_index(stmt.text) is None and stmt.kind not in OUTSIDE_ONLY:
+                if concurrent_index(stmt.text) is None and stmt.kind not in OUTSIDE_ONLY and not needs_autocommit(stmt.text):
                     # The statement and its progress row commit together: a kill between them cannot happen.
-                    self._statement_with_progress(step, statements, index, label)
-                    continue
+                    try:
+                        self._statement_with_progress(step, statements, index, label)
+                        continue
+                    except _Failed as refused:
+                        if refused.state != INVALID_TRANSACTION_TERMINATION or stmt.kind not in ("DoStmt", "CallStmt"):
+                            raise
+                        # It COMMITs itself (a backfill in batches): its block was rolled back, nothing of it stays; it
+                        # runs again on its own, and its progress row after it.
+                        self.progress(f"{label}: statement {index + 1}/{total} commits itself: run again outside a transaction block")
                 if not (index == start and step.resuming and self._already_done(stmt, label)):
                     self._execute_one(stmt, index + 1, total, label)
                 self._progress(step, statements, index, stmt)

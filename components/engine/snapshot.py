@@ -15,6 +15,7 @@ from .errors import DatabaseError, MigrationError, SetError, StatementFailed
 from .migset import NO_TRANSACTION, MigrationSet, ScannedFile, file_statements, load, scan, sha256_hex, write_meta
 from .prepared import PreparedStatements
 from .sqltext import Statement, header_markers
+from .statement_kinds import needs_autocommit
 from .trace import RelationTracker, StatementTrace, Trace, trace_outside_transaction
 
 if TYPE_CHECKING:
@@ -161,11 +162,16 @@ def _apply_each(
                                 live, verified = expected[0], proven
                 else:
                     for stmt in statements:
+                        if needs_autocommit(stmt.text):  # as apply runs it: on its own, outside any block
+                            measured.append(trace_outside_transaction(conn, scratch_settings, schema, stmt))
+                            tracker.reload(conn)
+                            continue
                         try:  # each statement commits on its own: measured in a block of its own when it allows one
                             with conn.transaction():
                                 tracker.begin(conn)
                                 measured.append(tracker.trace(conn, stmt))
-                        except psycopg.errors.ActiveSqlTransaction:
+                        except (psycopg.errors.ActiveSqlTransaction, psycopg.errors.InvalidTransactionTermination):
+                            # refused in a block, or it COMMITs itself (a DO block or procedure): its block rolled back
                             measured.append(trace_outside_transaction(conn, scratch_settings, schema, stmt))
                             tracker.reload(conn)
             except Exception as exc:

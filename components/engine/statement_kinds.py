@@ -38,6 +38,34 @@ def concurrent_index(text: str) -> ConcurrentIndex | None:
     return None
 
 
+@lru_cache(maxsize=1024)
+def needs_autocommit(text: str) -> bool:
+    """Whether a statement of a no-transaction file must run on its own, outside any transaction block: PostgreSQL
+    refuses it in one (DETACH PARTITION ... CONCURRENTLY, REINDEX SCHEMA/SYSTEM/DATABASE). A DO block or procedure that
+    COMMITs is found when it fails inside one (see StepRunner._outside_transaction)."""
+    from pglast import ast, enums, parse_sql
+
+    try:
+        (raw,) = parse_sql(text)
+    except Exception:
+        return False
+    stmt = raw.stmt
+    if isinstance(stmt, ast.ReindexStmt):
+        return stmt.kind in (
+            enums.ReindexObjectType.REINDEX_OBJECT_SCHEMA,
+            enums.ReindexObjectType.REINDEX_OBJECT_SYSTEM,
+            enums.ReindexObjectType.REINDEX_OBJECT_DATABASE,
+        )
+    if isinstance(stmt, ast.AlterTableStmt):
+        return any(
+            isinstance(cmd, ast.AlterTableCmd)
+            and cmd.subtype == enums.AlterTableType.AT_DetachPartition
+            and bool(getattr(cmd.def_, "concurrent", False))
+            for cmd in stmt.cmds or ()
+        )
+    return False
+
+
 def _opt(value: object) -> str | None:
     return None if value is None else str(value)
 
