@@ -304,7 +304,17 @@ class Engine:
         verified: cat.Verified | None,
         held: dict[str, bool] | None = None,
     ) -> RunResult:
-        runner = StepRunner(conn, self.settings, self.mset.schema, self.ledger, self.options, state, self.progress, verified=verified)
+        runner = StepRunner(
+            conn,
+            self.settings,
+            self.mset.schema,
+            self.ledger,
+            self.options,
+            state,
+            self.progress,
+            verified=verified,
+            lock_key=advisory_key(self.mset.name),
+        )
         applied = set(state.applied)
         result = RunResult(state.current)
         for i, step in enumerate(steps):

@@ -119,6 +119,24 @@ def preflight_check(row: tuple[Any, ...] | None, settings: ConnectionSettings) -
         )
 
 
+# The first words of the error the lock check raises (an integer cast of a text that is no integer).
+LOCK_RELEASED = "the migration lock is no longer held by this session"
+
+
+def lock_held_check(key: int) -> tuple[str, tuple[int, int]]:
+    """A query that fails (with LOCK_RELEASED) unless this session still holds the migration lock `key`: a migration
+    can release it (pg_advisory_unlock_all(), DISCARD ALL), and a rollback does not take it back."""
+    return (
+        "SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory'"
+        " AND l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND l.granted AND l.objsubid OPERATOR(pg_catalog.=) 1"
+        " AND l.classid::pg_catalog.int8 OPERATOR(pg_catalog.=) %s AND l.objid::pg_catalog.int8 OPERATOR(pg_catalog.=) %s)"
+        # (the message made from the session's pid: a constant would be cast when the query is planned, and fail always)
+        f" THEN 0 ELSE ('{LOCK_RELEASED} (pid ' OPERATOR(pg_catalog.||) pg_catalog.pg_backend_pid()::pg_catalog.text"
+        " OPERATOR(pg_catalog.||) ')')::pg_catalog.int4 END",
+        ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+    )
+
+
 def _holder(conn: psycopg.Connection[Any], key: int) -> str:
     """Who holds the advisory lock `key` (a bigint key is stored as classid = high 32 bits, objid = low 32 bits)."""
     row = conn.execute(

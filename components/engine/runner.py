@@ -18,14 +18,14 @@ from psycopg import sql
 from . import catalog as cat
 from .connection import PIN_SESSION, ConnectionSettings, mask_dsn
 from .errors import ChecksumMismatch, IncompleteMigration, MigrationError, NotWritable, PermissionMissing, StatementFailed, VerifyFailed
-from .guards import set_timeouts, timeouts_query, writes_of
+from .guards import LOCK_RELEASED, lock_held_check, set_timeouts, timeouts_query, writes_of
 from .ledger import APPLIED, STARTED, Ledger, LedgerState
 from .options import RunOptions
 from .pgerrors import STATE_FIXES, first_line, sqlstate
 from .planner import Step, statements_digest
 from .prepared import PreparedStatements, replaced_names
 from .sqltext import Statement
-from .statement_kinds import concurrent_index, needs_autocommit, relations
+from .statement_kinds import concurrent_index, may_set_session, needs_autocommit, relations, session_setting
 
 if TYPE_CHECKING:
     import psycopg
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 LOCK_NOT_AVAILABLE = "55P03"
 DUPLICATE_PREPARED = "42P05"
 INVALID_TRANSACTION_TERMINATION = "2D000"
+ACTIVE_SQL_TRANSACTION = "25001"
 # Rounds of SET CONSTRAINTS ALL IMMEDIATE after the read before deferred triggers that re-defer themselves are refused.
 DEFERRED_ROUNDS = 20
 # Below this many catalog entries, reading the whole schema costs less than the scoped read (measured: bench section 4).
@@ -60,9 +61,9 @@ def snippet(stmt: Statement) -> str:
 class _Failed(Exception):
     """A statement failed; carries what the runner needs to tell the truth about it."""
 
-    def __init__(self, exc: Exception, index: int, stmt: Statement, *, maybe_done: bool = False) -> None:
+    def __init__(self, exc: Exception, index: int, stmt: Statement, *, maybe_done: bool = False, commits_itself: bool = False) -> None:
         super().__init__(str(exc))
-        self.exc, self.index, self.stmt, self.maybe_done = exc, index, stmt, maybe_done
+        self.exc, self.index, self.stmt, self.maybe_done, self.commits_itself = exc, index, stmt, maybe_done, commits_itself
         self.state = sqlstate(exc)
 
     @property
@@ -101,6 +102,8 @@ class StepRunner:
     sleep: Callable[[float], None] = time.sleep
     # The catalog last proven equal to the live schema (pre-check or previous step): a step then reads only what changed.
     verified: cat.Verified | None = None
+    # The migration lock's key: checked after a step's statements (a migration can release it), when given.
+    lock_key: int | None = None
     prepared: PreparedStatements = field(init=False)
     # Consecutive steps' catalogs differ by their delta: only the changed entries' JSON is made again at each step.
     _fingerprints: cat.RunningFingerprint = field(init=False, default_factory=cat.RunningFingerprint)
@@ -238,6 +241,8 @@ class StepRunner:
             for cursor, stmt in zip(sent, statements, strict=True):
                 cursor.execute(stmt.text.encode(), prepare=False)
             self.conn.execute("RESET ROLE")  # the engine's own queries run as the connecting role
+            if self.lock_key is not None:
+                self.conn.execute(*lock_held_check(self.lock_key))
             # Temporary objects end with the session or at COMMIT (ON COMMIT DROP), dropping what depends on them with
             # CASCADE, after the read: they end now, before it. A migration's temporary objects never reach the next
             # one (which may run in another session), and no pg_temp type can stand in for one the read names.
@@ -268,6 +273,13 @@ class StepRunner:
                 raise _Failed(exc, failed + 1, statements[failed]) from None
             if isinstance(exc, psycopg.OperationalError) and not sqlstate(exc):
                 raise  # the connection broke: nothing was committed, said by the caller
+            if LOCK_RELEASED in str(exc):
+                raise StatementFailed(
+                    f"{label}: a statement of the migration released the engine's migration lock (pg_advisory_unlock_all(), "
+                    "pg_advisory_unlock() or DISCARD ALL; a rollback does not take it back): another applier could have started "
+                    "meanwhile. The migration was rolled back, the ledger is unchanged, and the run stopped.",
+                    "remove the unlock from the migration (release only the advisory locks it took, by their keys), then run apply again.",
+                ) from None
             replaced = replaced_names(str(exc))
             if replaced is not None or sqlstate(exc) == DUPLICATE_PREPARED:
                 raise self._replaced(label, replaced, exc, before=timeouts.pgresult is None) from None
@@ -395,17 +407,12 @@ class StepRunner:
         total, start = len(statements), step.resume_from
         for query in (*cat.RESET_SESSION, PIN_SESSION):  # as a step in a transaction: from the engine's own settings
             self.conn.execute(query)
-        for stmt in statements[:start]:
-            # A resume runs the rest of the file in a new session: the settings its completed part made (SET search_path,
-            # SET ROLE, ...) are made again first, or the rest would run elsewhere (another schema's tables).
-            if stmt.kind == "VariableSetStmt":
-                self.progress(f"{label}: resuming: `{snippet(stmt)}` (statement {statements.index(stmt) + 1}) run again first")
-                self.conn.execute(stmt.text.encode(), prepare=False)
         if not step.resuming:
             self._record(step, started, None, status=STARTED, done=0, digest=statements_digest([]))
         else:
             self.progress(f"{label}: resuming at statement {start + 1}/{total} ({start} completed by an earlier run)")
         set_timeouts(self.conn, self.options, local=False)
+        self._replay_session(statements, start, label, step.migration.version)
         for index in range(start, total):
             stmt = statements[index]
             try:
@@ -415,12 +422,17 @@ class StepRunner:
                         self._statement_with_progress(step, statements, index, label)
                         continue
                     except _Failed as refused:
-                        if refused.state != INVALID_TRANSACTION_TERMINATION or stmt.kind not in ("DoStmt", "CallStmt"):
+                        commits_itself = refused.state == INVALID_TRANSACTION_TERMINATION and stmt.kind in ("DoStmt", "CallStmt")
+                        if not commits_itself and refused.state != ACTIVE_SQL_TRANSACTION:
                             raise
-                        # It COMMITs itself (a backfill in batches): its block was rolled back, nothing of it stays; it
-                        # runs again on its own, and its progress row after it.
-                        self.progress(f"{label}: statement {index + 1}/{total} commits itself: run again outside a transaction block")
-                if not (index == start and step.resuming and self._already_done(stmt, label)):
+                        # Refused in a block (it COMMITs itself, or PostgreSQL runs it only outside one, as snapshot
+                        # found): the block was rolled back, nothing of it stays; it runs again on its own, then its
+                        # progress row. A statement that commits itself is never retried: part of it may be committed.
+                        self.progress(f"{label}: statement {index + 1}/{total} runs outside a transaction block")
+                        self._execute_one(stmt, index + 1, total, label, retry=not commits_itself, commits_itself=commits_itself)
+                        self._progress(step, statements, index, stmt)
+                        continue
+                if not (index == start and step.resuming and self._guarded(self._already_done, stmt, index, label)):
                     self._execute_one(stmt, index + 1, total, label)
                 self._progress(step, statements, index, stmt)
             except _Failed as failed:
@@ -432,6 +444,7 @@ class StepRunner:
             # run at COMMIT, then the read; the row commits only if the read matches the snapshot.
             for query in ("RESET ROLE", "DISCARD TEMP"):
                 self.conn.execute(query)
+            self._lock_still_held(label, total)
             self._record(step, started, fingerprint)
             self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             self.conn.execute(cat.RESET_PRINT_SETTINGS)
@@ -439,6 +452,61 @@ class StepRunner:
             self._verify(label, expected_version, expected, live, rolled_back=False, total=total)
         self.verified = proven
         return fingerprint
+
+    def _lock_still_held(self, label: str, total: int) -> None:
+        import psycopg
+
+        if self.lock_key is None:
+            return
+        try:
+            self.conn.execute(*lock_held_check(self.lock_key))
+        except psycopg.Error as exc:
+            if LOCK_RELEASED not in str(exc):
+                raise
+            raise IncompleteMigration(
+                f"{label} runs outside a transaction: all {total} statements completed and stay committed, but one of them "
+                "released the engine's migration lock (pg_advisory_unlock_all(), pg_advisory_unlock() or DISCARD ALL): another "
+                "applier could have run meanwhile. The ledger marks it interrupted after its last statement; the run stopped.",
+                "remove the unlock from the migration, check `status` and `verify`, then run apply again: it verifies and records "
+                "the version.",
+            ) from None
+
+    def _guarded(self, check: Callable[[Statement, str], bool], stmt: Statement, index: int, label: str) -> bool:
+        """The engine's own work before a resumed statement (dropping what an interrupted build left): its failure is
+        told as the statement's, with what is committed."""
+        import psycopg
+
+        try:
+            return check(stmt, label)
+        except psycopg.Error as exc:
+            raise _Failed(exc, index + 1, stmt) from None
+
+    def _replay_session(self, statements: list[Statement], start: int, label: str, version: str) -> None:
+        """A resume runs the rest of the file in a new session: the settings its completed part made (SET search_path,
+        SET ROLE, SELECT set_config(...)) are made again first, or the rest would run elsewhere (another schema's
+        tables). A completed DO block or procedure that may have set one cannot be replayed: refused."""
+        import psycopg
+
+        for position, stmt in enumerate(statements[:start], start=1):
+            if session_setting(stmt.text):
+                self.progress(f"{label}: resuming: `{snippet(stmt)}` (statement {position}) run again first")
+                try:
+                    self.conn.execute(stmt.text.encode(), prepare=False)
+                except psycopg.Error as exc:
+                    raise StatementFailed(
+                        f"{label}: resuming, statement {position} `{snippet(stmt)}` (a setting the completed part made) failed when "
+                        f"run again: {first_line(exc, self.settings)}; statements 1-{start} stay committed, nothing more ran.",
+                        "fix the cause (the setting must still be valid), then run apply again.",
+                    ) from None
+            elif may_set_session(stmt.text):
+                raise IncompleteMigration(
+                    f"{label} was interrupted after statement {start}; statement {position} `{snippet(stmt)}` may have changed "
+                    "session settings (set_config or SET inside a DO block or procedure), which a resume in a new session "
+                    f"cannot make again: statements 1-{start} stay committed, nothing more ran.",
+                    "finish the remaining statements by hand under the settings they need, then run "
+                    f"`python -m components.migrate resolve {version}`; put such settings "
+                    "in SET statements (which a resume replays).",
+                )
 
     def _statement_with_progress(self, step: Step, statements: list[Statement], index: int, label: str) -> None:
         stmt, total = statements[index], len(statements)
@@ -526,7 +594,10 @@ class StepRunner:
         done = failed.index - 1
         primary = first_line(failed.exc, self.settings)
         this = (
-            f"statement {failed.index} (line {failed.stmt.line}) may or may not have completed (the connection failed: {primary})"
+            f"statement {failed.index} (line {failed.stmt.line}) `{snippet(failed.stmt)}` commits its own work and failed after "
+            f"an unknown part of it committed: {primary} [SQLSTATE {failed.state or '?'}]"
+            if failed.commits_itself
+            else f"statement {failed.index} (line {failed.stmt.line}) may or may not have completed (the connection failed: {primary})"
             if failed.connection_lost
             else f"statement {failed.index} (line {failed.stmt.line}) `{snippet(failed.stmt)}` failed and did not complete: {primary} "
             f"[SQLSTATE {failed.state or '?'}]"
@@ -580,8 +651,11 @@ class StepRunner:
 
     # -- shared
 
-    def _execute_one(self, stmt: Statement, index: int, total: int, label: str) -> None:
-        """One statement; outside a transaction, a DDL lock timeout is retried here (the statement did nothing)."""
+    def _execute_one(
+        self, stmt: Statement, index: int, total: int, label: str, *, retry: bool = True, commits_itself: bool = False
+    ) -> None:
+        """One statement; outside a transaction, a DDL lock timeout is retried here (the statement did nothing), unless
+        `retry` is off (a statement that commits itself may have done part of its work)."""
         import psycopg
 
         in_tx = self._in_tx()
@@ -591,13 +665,13 @@ class StepRunner:
             self.conn.execute("SELECT pg_catalog.set_config('lock_timeout', '0', false)")
         t0 = time.monotonic()
         try:
-            for attempt in range(1 if in_tx else self.options.ddl_retries + 1):
+            for attempt in range(1 if in_tx or not retry else self.options.ddl_retries + 1):
                 try:
                     self.conn.execute(stmt.text.encode(), prepare=False)
                     break
                 except psycopg.Error as exc:
-                    failed = _Failed(exc, index, stmt)
-                    if in_tx or failed.state != LOCK_NOT_AVAILABLE or attempt == self.options.ddl_retries:
+                    failed = _Failed(exc, index, stmt, commits_itself=commits_itself)
+                    if in_tx or not retry or failed.state != LOCK_NOT_AVAILABLE or attempt == self.options.ddl_retries:
                         raise failed from None
                     self._wait_to_retry(attempt, label, index, total, stmt, "nothing of it was done")
         finally:

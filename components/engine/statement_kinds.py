@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -64,6 +65,54 @@ def needs_autocommit(text: str) -> bool:
             for cmd in stmt.cmds or ()
         )
     return False
+
+
+def _set_config_only(stmt: object) -> bool:
+    from pglast import ast
+
+    if not isinstance(stmt, ast.SelectStmt) or stmt.fromClause or not stmt.targetList:
+        return False
+    return all(
+        isinstance(t, ast.ResTarget) and isinstance(t.val, ast.FuncCall) and [n.sval for n in t.val.funcname or ()][-1:] == ["set_config"]
+        for t in stmt.targetList
+    )
+
+
+@lru_cache(maxsize=1024)
+def session_setting(text: str) -> bool:
+    """A statement that only changes session settings (SET, RESET, SET ROLE, or SELECT set_config(...) alone): run again,
+    it does nothing else, so a resume makes it again."""
+    from pglast import ast, parse_sql
+
+    try:
+        (raw,) = parse_sql(text)
+    except Exception:
+        return False
+    return isinstance(raw.stmt, ast.VariableSetStmt) or _set_config_only(raw.stmt)
+
+
+_SET_CONFIG = re.compile(r"\bset_config\s*\(", re.IGNORECASE)
+# a PL/pgSQL SET statement (not UPDATE ... SET col =, not SET LOCAL): at the start of a statement of the block
+_PLPGSQL_SET = re.compile(
+    r"(^|;|\bBEGIN\b|\bTHEN\b|\bELSE\b|\bLOOP\b)\s*SET\s+(SESSION\s+)?(ROLE\b|[A-Za-z_.]+\s*(=|\bTO\b))", re.IGNORECASE | re.MULTILINE
+)
+
+
+@lru_cache(maxsize=1024)
+def may_set_session(text: str) -> bool:
+    """Whether a statement other than a plain setting may change session settings: SET or set_config inside a DO block,
+    set_config called among other things. (A procedure's body is not seen: CALL is trusted not to.)"""
+    from pglast import ast, parse_sql
+
+    try:
+        (raw,) = parse_sql(text)
+    except Exception:
+        return False
+    if session_setting(text):
+        return False
+    if isinstance(raw.stmt, ast.DoStmt):
+        return bool(_SET_CONFIG.search(text) or _PLPGSQL_SET.search(text))
+    return bool(_SET_CONFIG.search(text))
 
 
 def _opt(value: object) -> str | None:
