@@ -124,16 +124,20 @@ LOCK_RELEASED = "the migration lock is no longer held by this session"
 
 
 def lock_held_check(key: int) -> tuple[str, tuple[int, int]]:
-    """A query that fails (with LOCK_RELEASED) unless this session still holds the migration lock `key`: a migration
-    can release it (pg_advisory_unlock_all(), DISCARD ALL), and a rollback does not take it back."""
+    """A query that fails (with LOCK_RELEASED) unless this session still holds the migration lock `key` at session
+    level: a migration can release it (pg_advisory_unlock_all(), DISCARD ALL; a rollback does not take it back), and a
+    transaction-level lock on the key it takes instead looks the same in pg_locks. pg_advisory_unlock() succeeds only
+    for a session-level hold; the lock is taken back at once (if another session got it in between, that fails too)."""
+    error = (
+        f"('{LOCK_RELEASED} (pid ' OPERATOR(pg_catalog.||) pg_catalog.pg_backend_pid()::pg_catalog.text"
+        " OPERATOR(pg_catalog.||) ')')::pg_catalog.int4"
+    )
+    # (the message made from the session's pid: a constant would be cast when the query is planned, and fail always;
+    # CASE evaluates its branches in order, AND would not promise to)
     return (
-        "SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory'"
-        " AND l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() AND l.granted AND l.objsubid OPERATOR(pg_catalog.=) 1"
-        " AND l.classid::pg_catalog.int8 OPERATOR(pg_catalog.=) %s AND l.objid::pg_catalog.int8 OPERATOR(pg_catalog.=) %s)"
-        # (the message made from the session's pid: a constant would be cast when the query is planned, and fail always)
-        f" THEN 0 ELSE ('{LOCK_RELEASED} (pid ' OPERATOR(pg_catalog.||) pg_catalog.pg_backend_pid()::pg_catalog.text"
-        " OPERATOR(pg_catalog.||) ')')::pg_catalog.int4 END",
-        ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+        f"SELECT CASE WHEN NOT pg_catalog.pg_advisory_unlock(%s::pg_catalog.int8) THEN {error}"
+        f" WHEN NOT pg_catalog.pg_try_advisory_lock(%s::pg_catalog.int8) THEN {error} ELSE 0 END",
+        (key, key),
     )
 
 

@@ -25,7 +25,7 @@ from .pgerrors import STATE_FIXES, first_line, sqlstate
 from .planner import Step, statements_digest
 from .prepared import PreparedStatements, replaced_names
 from .sqltext import Statement
-from .statement_kinds import concurrent_index, may_set_session, needs_autocommit, relations, session_setting
+from .statement_kinds import commits_itself, concurrent_index, may_set_session, needs_autocommit, relations, session_setting
 
 if TYPE_CHECKING:
     import psycopg
@@ -230,6 +230,8 @@ class StepRunner:
         # PGTZ/PGCLIENTENCODING may have decided; the pin is for the session, so it also holds after COMMIT.
         for query in (*cat.RESET_SESSION, PIN_SESSION):
             self.conn.execute(query)
+        if self.lock_key is not None:  # still held since the previous step committed (see below, after the statements)
+            self.conn.execute(*lock_held_check(self.lock_key))
         self.prepared.guard()  # an earlier statement on this connection may have replaced the engine's statements
         timeouts = self.prepared.execute("wishlist_timeouts", *timeouts_query(self.options, local=True))
         sent = [self.conn.cursor() for _ in statements]  # made first: an error may surface while the next one is sent
@@ -273,6 +275,14 @@ class StepRunner:
                 raise _Failed(exc, failed + 1, statements[failed]) from None
             if isinstance(exc, psycopg.OperationalError) and not sqlstate(exc):
                 raise  # the connection broke: nothing was committed, said by the caller
+            if LOCK_RELEASED in str(exc) and timeouts.pgresult is None:
+                raise StatementFailed(
+                    f"{label}: before its first statement ran, the engine found its migration lock no longer held: the step "
+                    "before this one released it and took another lock on its key that ended with its transaction "
+                    "(pg_advisory_unlock_all() then pg_advisory_xact_lock()); that step is committed, another applier could "
+                    "have started since. Nothing of this migration ran, the ledger is unchanged, and the run stopped.",
+                    "remove the unlock from the previous migration (`status` shows what is applied), then run apply again.",
+                ) from None
             if LOCK_RELEASED in str(exc):
                 raise StatementFailed(
                     f"{label}: a statement of the migration released the engine's migration lock (pg_advisory_unlock_all(), "
@@ -422,18 +432,19 @@ class StepRunner:
                         self._statement_with_progress(step, statements, index, label)
                         continue
                     except _Failed as refused:
-                        commits_itself = refused.state == INVALID_TRANSACTION_TERMINATION and stmt.kind in ("DoStmt", "CallStmt")
-                        if not commits_itself and refused.state != ACTIVE_SQL_TRANSACTION:
+                        self_committing = refused.state == INVALID_TRANSACTION_TERMINATION and stmt.kind in ("DoStmt", "CallStmt")
+                        if not self_committing and refused.state != ACTIVE_SQL_TRANSACTION:
                             raise
                         # Refused in a block (it COMMITs itself, or PostgreSQL runs it only outside one, as snapshot
                         # found): the block was rolled back, nothing of it stays; it runs again on its own, then its
                         # progress row. A statement that commits itself is never retried: part of it may be committed.
                         self.progress(f"{label}: statement {index + 1}/{total} runs outside a transaction block")
-                        self._execute_one(stmt, index + 1, total, label, retry=not commits_itself, commits_itself=commits_itself)
+                        self._execute_one(stmt, index + 1, total, label, retry=not self_committing, commits_itself=self_committing)
                         self._progress(step, statements, index, stmt)
                         continue
                 if not (index == start and step.resuming and self._guarded(self._already_done, stmt, index, label)):
-                    self._execute_one(stmt, index + 1, total, label)
+                    batches = commits_itself(stmt.text)  # a DO block that COMMITs: never retried, part of it may stay
+                    self._execute_one(stmt, index + 1, total, label, retry=not batches, commits_itself=batches)
                 self._progress(step, statements, index, stmt)
             except _Failed as failed:
                 raise self._partial(step, label, failed, total) from None

@@ -42,8 +42,9 @@ def concurrent_index(text: str) -> ConcurrentIndex | None:
 @lru_cache(maxsize=1024)
 def needs_autocommit(text: str) -> bool:
     """Whether a statement of a no-transaction file must run on its own, outside any transaction block: PostgreSQL
-    refuses it in one (DETACH PARTITION ... CONCURRENTLY, REINDEX SCHEMA/SYSTEM/DATABASE). A DO block or procedure that
-    COMMITs is found when it fails inside one (see StepRunner._outside_transaction)."""
+    refuses it in one (DETACH PARTITION ... CONCURRENTLY, REINDEX SCHEMA/SYSTEM/DATABASE), or a DO block whose body
+    COMMITs (run in a block first, it would do its work up to the COMMIT twice). A procedure that COMMITs is found when
+    it fails inside one (see StepRunner._outside_transaction)."""
     from pglast import ast, enums, parse_sql
 
     try:
@@ -51,6 +52,8 @@ def needs_autocommit(text: str) -> bool:
     except Exception:
         return False
     stmt = raw.stmt
+    if isinstance(stmt, ast.DoStmt):
+        return commits_itself(text)
     if isinstance(stmt, ast.ReindexStmt):
         return stmt.kind in (
             enums.ReindexObjectType.REINDEX_OBJECT_SCHEMA,
@@ -67,52 +70,82 @@ def needs_autocommit(text: str) -> bool:
     return False
 
 
-def _set_config_only(stmt: object) -> bool:
-    from pglast import ast
-
-    if not isinstance(stmt, ast.SelectStmt) or stmt.fromClause or not stmt.targetList:
-        return False
-    return all(
-        isinstance(t, ast.ResTarget) and isinstance(t.val, ast.FuncCall) and [n.sval for n in t.val.funcname or ()][-1:] == ["set_config"]
-        for t in stmt.targetList
-    )
-
-
 @lru_cache(maxsize=1024)
 def session_setting(text: str) -> bool:
-    """A statement that only changes session settings (SET, RESET, SET ROLE, or SELECT set_config(...) alone): run again,
-    it does nothing else, so a resume makes it again."""
+    """A plain SET, RESET or SET ROLE: it does nothing else, so a resume makes it again."""
     from pglast import ast, parse_sql
 
     try:
         (raw,) = parse_sql(text)
     except Exception:
         return False
-    return isinstance(raw.stmt, ast.VariableSetStmt) or _set_config_only(raw.stmt)
+    return isinstance(raw.stmt, ast.VariableSetStmt)
 
 
-_SET_CONFIG = re.compile(r"\bset_config\s*\(", re.IGNORECASE)
-# a PL/pgSQL SET statement (not UPDATE ... SET col =, not SET LOCAL): at the start of a statement of the block
-_PLPGSQL_SET = re.compile(
-    r"(^|;|\bBEGIN\b|\bTHEN\b|\bELSE\b|\bLOOP\b)\s*SET\s+(SESSION\s+)?(ROLE\b|[A-Za-z_.]+\s*(=|\bTO\b))", re.IGNORECASE | re.MULTILINE
-)
+def _plpgsql(text: str) -> str | None:
+    """The PL/pgSQL parse tree of a DO block (as JSON text), None when it is not one; "" when it cannot be parsed."""
+    import json
+
+    from pglast import ast, parse_plpgsql, parse_sql
+
+    try:
+        (raw,) = parse_sql(text)
+    except Exception:
+        return None
+    if not isinstance(raw.stmt, ast.DoStmt):
+        return None
+    options = {d.defname: d.arg for d in raw.stmt.args or () if isinstance(d, ast.DefElem)}
+    language = options.get("language")
+    if language is not None and getattr(language, "sval", "plpgsql").lower() != "plpgsql":
+        return ""
+    body = getattr(options.get("as"), "sval", None)
+    if body is None:
+        return ""
+    tag = "$wishlist_do$"
+    while tag in body:
+        tag = tag[:-1] + "_$"
+    try:
+        return json.dumps(parse_plpgsql(f"CREATE FUNCTION pg_temp.do_block() RETURNS void LANGUAGE plpgsql AS {tag}{body}{tag}"))
+    except Exception:
+        return ""
+
+
+@lru_cache(maxsize=1024)
+def commits_itself(text: str) -> bool:
+    """A DO block whose PL/pgSQL body COMMITs or ROLLBACKs (a backfill in batches): it runs only outside a block."""
+    tree = _plpgsql(text)
+    return tree is not None and ("PLpgSQL_stmt_commit" in tree or "PLpgSQL_stmt_rollback" in tree)
+
+
+_SETS = re.compile(r'"query": "\s*(SET|RESET)\b', re.IGNORECASE)
 
 
 @lru_cache(maxsize=1024)
 def may_set_session(text: str) -> bool:
-    """Whether a statement other than a plain setting may change session settings: SET or set_config inside a DO block,
-    set_config called among other things. (A procedure's body is not seen: CALL is trusted not to.)"""
+    """Whether a statement other than a plain setting may change session settings in a way a resume cannot make again:
+    set_config called anywhere in it (not inside a function body it creates: that is a string); in a DO block, a SET or
+    RESET statement, set_config, or dynamic SQL (EXECUTE: what it runs is not known); a DO block that cannot be parsed.
+    (A procedure's body is not seen: CALL is trusted not to.)"""
     from pglast import ast, parse_sql
 
+    tree = _plpgsql(text)
+    if tree is not None:
+        return tree == "" or "PLpgSQL_stmt_dynexecute" in tree or bool(_SETS.search(tree)) or "set_config" in tree.lower()
     try:
         (raw,) = parse_sql(text)
     except Exception:
         return False
-    if session_setting(text):
+
+    def calls_set_config(node: object) -> bool:
+        if isinstance(node, (list, tuple)):
+            return any(calls_set_config(n) for n in node)
+        if isinstance(node, ast.Node):
+            if isinstance(node, ast.FuncCall) and [n.sval for n in node.funcname or ()][-1:] == ["set_config"]:
+                return True
+            return any(calls_set_config(getattr(node, a)) for a in node)
         return False
-    if isinstance(raw.stmt, ast.DoStmt):
-        return bool(_SET_CONFIG.search(text) or _PLPGSQL_SET.search(text))
-    return bool(_SET_CONFIG.search(text))
+
+    return calls_set_config(raw.stmt)
 
 
 def _opt(value: object) -> str | None:
