@@ -218,9 +218,10 @@ class StepRunner:
         )
 
     def _attempt(self, pipe: psycopg.Pipeline, run: _StepRun) -> tuple[str, cat.Verified]:
-        """One try of a step in its open transaction: BEGIN, the timeouts, every statement, the verifying read and the ledger
-        row go in one round trip (the row is rolled back with the rest unless the read proves the snapshot); COMMIT in a
-        second."""
+        """One try of a step in its open transaction, in one round trip: BEGIN, the session reset and pin, the lock check,
+        the guard, the timeouts, every statement, RESET ROLE, the lock check, DISCARD TEMP, the guard, the ledger row,
+        SET CONSTRAINTS ALL IMMEDIATE, the print settings, the verifying read (the row is rolled back with the rest unless
+        the read proves the snapshot); COMMIT in a second (docs/architecture.md, step 7)."""
         import psycopg
 
         step, label, statements, expected_version = run.step, run.label, run.statements, run.expected_version
@@ -277,11 +278,11 @@ class StepRunner:
                 raise  # the connection broke: nothing was committed, said by the caller
             if LOCK_RELEASED in str(exc) and timeouts.pgresult is None:
                 raise StatementFailed(
-                    f"{label}: before its first statement ran, the engine found its migration lock no longer held: the step "
-                    "before this one released it and took another lock on its key that ended with its transaction "
-                    "(pg_advisory_unlock_all() then pg_advisory_xact_lock()); that step is committed, another applier could "
-                    "have started since. Nothing of this migration ran, the ledger is unchanged, and the run stopped.",
-                    "remove the unlock from the previous migration (`status` shows what is applied), then run apply again.",
+                    f"{label}: before its first statement ran, the engine found its migration lock no longer held by this "
+                    "session (released since it was last checked, after the previous step's statements); the steps before "
+                    "are committed, another applier could have started since. Nothing of this migration ran, the ledger is "
+                    "unchanged, and the run stopped.",
+                    "check `status` and `verify`, then run apply again.",
                 ) from None
             if LOCK_RELEASED in str(exc):
                 raise StatementFailed(
