@@ -177,3 +177,23 @@ def test_the_cli_tells_an_interrupted_rollback_truly(fresh_db: ConnectionSetting
     )
     assert proc.returncode == 1, proc.stderr
     assert "below the applied version 0007" not in proc.stderr, proc.stderr  # 0007 is the target itself
+
+
+def test_an_interrupted_version_whose_file_is_gone_is_told_as_interrupted_not_applied(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings
+) -> None:
+    """Noted by round 8: the ledger row of an interrupted no-transaction version says `started`; with its file deleted,
+    the refusal said the version "is applied"."""
+    two = "-- migrate:no-transaction\nCREATE TABLE t1 (id int);\nALTER TABLE wishlist_items ADD CONSTRAINT never CHECK (false);\n"
+    mset = _with(admin, set_copy, {"0008_two.sql": two})  # the scratch database has no rows: it applies there
+    Engine(fresh_db, mset).apply("0007")
+    with fresh_db.connect() as conn:
+        conn.execute("INSERT INTO wishlist_items (user_id, title, store) VALUES ('u', 'a row', 'LEGO')")
+    with pytest.raises(IncompleteMigration, match="statements 1-1 of 2 completed"):
+        Engine(fresh_db, mset).apply()
+    (set_copy / "0008_two.sql").unlink()
+    generate(admin, set_copy)
+    with pytest.raises(MigrationError) as failure:
+        Engine(fresh_db, migset.load(set_copy)).apply()
+    message = str(failure.value)
+    assert "0008" in message and "interrupted" in message and "is applied" not in message, message
