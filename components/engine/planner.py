@@ -145,7 +145,11 @@ def check_checksums(mset: MigrationSet, state: LedgerState) -> None:
         if m is None and row.status != "applied":
             raise SetError(
                 f"version {row.version} ({row.name}) was interrupted on {state.database} ({row.direction}, outside a transaction: "
-                + (f"statements 1-{row.statements_done} of its run stay committed" if row.statements_done else "no statement of its run completed")
+                + (
+                    f"statements 1-{row.statements_done} of its run stay committed"
+                    if row.statements_done
+                    else "no statement of its run completed"
+                )
                 + f"), and its file is missing from {mset.directory}.",
                 "restore the file from git and run apply to finish it; or repair by hand and run "
                 f"`python -m components.migrate resolve {row.version}`.",
