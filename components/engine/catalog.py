@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .connection import pin_settings
+from .connection import PIN_SESSION, pin_settings
 
 if TYPE_CHECKING:
     import psycopg
@@ -792,6 +792,9 @@ RESET_PRINT_SETTINGS = pin_settings(local=True)
 # What a migration may leave on the session for the next one: settings (SET without LOCAL), the role (RESET ALL leaves
 # it alone), temporary objects. Settings and role return to what the connection started with (its startup options).
 RESET_SESSION = ("RESET ALL", "RESET ROLE", "DISCARD TEMP")
+# ... and the engine's pinned settings for the session after it (RESET ALL returns to what the session started with,
+# which PGTZ/PGCLIENTENCODING may have decided): what every migration, in apply and in snapshot, starts from.
+START_OVER = (*RESET_SESSION, PIN_SESSION)
 
 # Whether a trigger defined by a user may run at COMMIT, after the verifying read (see StepRunner._deferred_work_ran).
 USER_DEFERRABLE_TRIGGERS = "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgdeferrable AND NOT tgisinternal)"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from . import catalog as cat
-from .connection import PIN_SESSION, ConnectionSettings, mask_dsn
+from .connection import ConnectionSettings, mask_dsn
 from .errors import ChecksumMismatch, IncompleteMigration, MigrationError, NotWritable, PermissionMissing, StatementFailed, VerifyFailed
 from .guards import LOCK_RELEASED, lock_held_check, set_timeouts, timeouts_query, writes_of
 from .ledger import APPLIED, STARTED, Ledger, LedgerState
@@ -229,7 +229,7 @@ class StepRunner:
         t0 = time.monotonic()
         # Each migration starts from the engine's settings: RESET ALL goes back to what the session started with, which
         # PGTZ/PGCLIENTENCODING may have decided; the pin is for the session, so it also holds after COMMIT.
-        for query in (*cat.RESET_SESSION, PIN_SESSION):
+        for query in cat.START_OVER:
             self.conn.execute(query)
         if self.lock_key is not None:  # still held since the previous step committed (see below, after the statements)
             self.conn.execute(*lock_held_check(self.lock_key))
@@ -416,7 +416,7 @@ class StepRunner:
         self, step: Step, label: str, statements: list[Statement], expected_version: str | None, expected: cat.Catalog, started: float
     ) -> str:
         total, start = len(statements), step.resume_from
-        for query in (*cat.RESET_SESSION, PIN_SESSION):  # as a step in a transaction: from the engine's own settings
+        for query in cat.START_OVER:  # as a step in a transaction: from the engine's own settings
             self.conn.execute(query)
         if not step.resuming:
             self._record(step, started, None, status=STARTED, done=0, digest=statements_digest([]))

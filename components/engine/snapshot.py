@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from . import catalog as cat
-from .connection import PIN_SESSION, ConnectionSettings
+from .connection import ConnectionSettings
 from .errors import DatabaseError, MigrationError, SetError, StatementFailed
 from .migset import NO_TRANSACTION, MigrationSet, ScannedFile, file_statements, load, scan, sha256_hex, write_meta
 from .prepared import PreparedStatements
@@ -179,7 +179,7 @@ def _apply_each(
                     f"{f.up} does not apply on a fresh database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}.",
                     "fix the SQL and run snapshot again.",
                 ) from None
-            for query in (*cat.RESET_SESSION, PIN_SESSION):  # the next version starts from the engine's settings, as in apply
+            for query in cat.START_OVER:  # the next version starts from the engine's settings, as in apply
                 conn.execute(query)
             if live is None:
                 # Read after COMMIT, as any later session reads it (a SET LOCAL of the version has ended with it).
@@ -193,7 +193,7 @@ def _apply_each(
         if parsed and proven_last:
             # The proof is never the only check: the schema the last version left is read whole, as apply's last step
             # reads it (a version the proof wrongly accepted shows there, at the latest).
-            for query in (*cat.RESET_SESSION, PIN_SESSION):
+            for query in cat.START_OVER:
                 conn.execute(query)
             whole, _ = cat.introspect_verifiable(conn, schema)
             if whole != snapshots[parsed[-1][0].version]:

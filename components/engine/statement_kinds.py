@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -17,15 +18,25 @@ class ConcurrentIndex:
 
 
 @lru_cache(maxsize=1024)
-def concurrent_index(text: str) -> ConcurrentIndex | None:
-    """The concurrent index operation `text` is, if it is one."""
-    from pglast import ast, enums, parse_sql
+def _statement(text: str) -> Any:
+    """The parse tree of one statement (pglast), None when it does not parse as one: every question below reads it."""
+    from pglast import parse_sql
 
     try:
         (raw,) = parse_sql(text)
     except Exception:
         return None
-    stmt = raw.stmt
+    return raw.stmt
+
+
+@lru_cache(maxsize=1024)
+def concurrent_index(text: str) -> ConcurrentIndex | None:
+    """The concurrent index operation `text` is, if it is one."""
+    from pglast import ast, enums
+
+    stmt = _statement(text)
+    if stmt is None:
+        return None
     if isinstance(stmt, ast.IndexStmt) and stmt.concurrent and stmt.relation is not None:
         rel = stmt.relation
         schema, table = _opt(rel.schemaname), str(rel.relname)
@@ -45,13 +56,11 @@ def needs_autocommit(text: str) -> bool:
     refuses it in one (DETACH PARTITION ... CONCURRENTLY, REINDEX SCHEMA/SYSTEM/DATABASE), or a DO block whose body
     COMMITs (run in a block first, it would do its work up to the COMMIT twice). A procedure that COMMITs is found when
     it fails inside one (see StepRunner._outside_transaction)."""
-    from pglast import ast, enums, parse_sql
+    from pglast import ast, enums
 
-    try:
-        (raw,) = parse_sql(text)
-    except Exception:
+    stmt = _statement(text)
+    if stmt is None:
         return False
-    stmt = raw.stmt
     if isinstance(stmt, ast.DoStmt):
         return commits_itself(text)
     if isinstance(stmt, ast.ReindexStmt):
@@ -73,28 +82,22 @@ def needs_autocommit(text: str) -> bool:
 @lru_cache(maxsize=1024)
 def session_setting(text: str) -> bool:
     """A plain SET, RESET or SET ROLE: it does nothing else, so a resume makes it again."""
-    from pglast import ast, parse_sql
+    from pglast import ast
 
-    try:
-        (raw,) = parse_sql(text)
-    except Exception:
-        return False
-    return isinstance(raw.stmt, ast.VariableSetStmt)
+    return isinstance(_statement(text), ast.VariableSetStmt)
 
 
+@lru_cache(maxsize=1024)
 def _plpgsql(text: str) -> str | None:
     """The PL/pgSQL parse tree of a DO block (as JSON text), None when it is not one; "" when it cannot be parsed."""
     import json
 
-    from pglast import ast, parse_plpgsql, parse_sql
+    from pglast import ast, parse_plpgsql
 
-    try:
-        (raw,) = parse_sql(text)
-    except Exception:
+    stmt = _statement(text)
+    if not isinstance(stmt, ast.DoStmt):
         return None
-    if not isinstance(raw.stmt, ast.DoStmt):
-        return None
-    options = {d.defname: d.arg for d in raw.stmt.args or () if isinstance(d, ast.DefElem)}
+    options = {d.defname: d.arg for d in stmt.args or () if isinstance(d, ast.DefElem)}
     language = options.get("language")
     if language is not None and getattr(language, "sval", "plpgsql").lower() != "plpgsql":
         return ""
@@ -126,14 +129,13 @@ def may_set_session(text: str) -> bool:
     set_config called anywhere in it (not inside a function body it creates: that is a string); in a DO block, a SET or
     RESET statement, set_config, or dynamic SQL (EXECUTE: what it runs is not known); a DO block that cannot be parsed.
     (A procedure's body is not seen: CALL is trusted not to.)"""
-    from pglast import ast, parse_sql
+    from pglast import ast
 
     tree = _plpgsql(text)
     if tree is not None:
         return tree == "" or "PLpgSQL_stmt_dynexecute" in tree or bool(_SETS.search(tree)) or "set_config" in tree.lower()
-    try:
-        (raw,) = parse_sql(text)
-    except Exception:
+    stmt = _statement(text)
+    if stmt is None:
         return False
 
     def calls_set_config(node: object) -> bool:
@@ -145,7 +147,7 @@ def may_set_session(text: str) -> bool:
             return any(calls_set_config(getattr(node, a)) for a in node)
         return False
 
-    return calls_set_config(raw.stmt)
+    return calls_set_config(stmt)
 
 
 def _opt(value: object) -> str | None:
