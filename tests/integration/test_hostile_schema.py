@@ -12,15 +12,9 @@ from components.engine import runner
 from components.engine.connection import ConnectionSettings
 from components.engine.engine import Engine
 from components.engine.errors import MigrationError
+from tests.integration.test_hostile_migrations import _relations
 from tests.integration.test_scoped_verify import BASE, _set
 from tests.integration.test_wishlist_items_migration import ledger_rows
-
-
-def _relations(settings: ConnectionSettings) -> set[str]:
-    with settings.connect() as conn:
-        rows = conn.execute("SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'").fetchall()
-    return {str(r[0]) for r in rows}
-
 
 # A trigger on the engine's own ledger table (outside the verified schema: no snapshot lists it). The engine inserts
 # the ledger row after its verifying read, in the same transaction: the trigger's DDL commits unverified.
