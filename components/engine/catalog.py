@@ -786,7 +786,7 @@ def writes_at_begin(conn: psycopg.Connection[Any]) -> dict[str, int] | None:
 # The settings catalog definitions print under (the session digest above), pinned for the transaction: a migration
 # may change them with SET LOCAL (or SET), and the session may have started under others (PGTZ): the verifying read
 # prints under the engine's own, as any later read of the schema does (connection.PINNED).
-RESET_PRINT_SETTINGS = pin_settings(local=True)
+RESET_PRINT_SETTINGS = (pin_settings(local=True), "SET LOCAL search_path TO DEFAULT")
 
 
 # What a migration may leave on the session for the next one: settings (SET without LOCAL), the role (RESET ALL leaves

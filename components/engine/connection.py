@@ -60,14 +60,15 @@ _REPORTED = ("TimeZone", "DateStyle", "IntervalStyle", "standard_conforming_stri
 
 
 def pin_settings(*, local: bool) -> str:
-    """One statement that sets PINNED (and search_path back to what the session started with), for the transaction
-    (`local`) or the session."""
+    """One statement that sets PINNED for the transaction (`local`) or the session, each setting only where it differs
+    (a setting's text equal to the pinned value is that value; setting it again costs a parse, and the abbreviations
+    file a read). The search_path is the caller's: RESET ALL returns it, SET LOCAL search_path TO DEFAULT in a
+    transaction (see catalog.RESET_PRINT_SETTINGS)."""
     values = ", ".join(f"('{name}', '{value}')" for name, value in PINNED)
     flag = "true" if local else "false"
     return (
         f"SELECT pg_catalog.set_config(v.name, v.value, {flag}) FROM (VALUES {values}) v(name, value)"
-        f" UNION ALL SELECT pg_catalog.set_config(s.name, s.reset_val, {flag}) FROM pg_catalog.pg_settings s"
-        " WHERE s.name OPERATOR(pg_catalog.=) 'search_path'"
+        " WHERE NOT pg_catalog.current_setting(v.name) OPERATOR(pg_catalog.=) v.value"
     )
 
 

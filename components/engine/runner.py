@@ -37,7 +37,7 @@ ACTIVE_SQL_TRANSACTION = "25001"
 # Rounds of SET CONSTRAINTS ALL IMMEDIATE after the read before deferred triggers that re-defer themselves are refused.
 DEFERRED_ROUNDS = 20
 # Below this many catalog entries, reading the whole schema costs less than the scoped read (measured: bench section 4).
-SCOPED_FROM = 500
+SCOPED_FROM = 250
 # Statements that drop prepared statements, the engine's included.
 DROP_PREPARED = frozenset({"DeallocateStmt", "DiscardStmt"})
 # Statements PostgreSQL refuses inside a transaction block (besides CONCURRENTLY index operations).
@@ -257,7 +257,8 @@ class StepRunner:
             # rest unless the read proves the snapshot.
             recorded = self._record(step, None, expected_fingerprint, prepared=not direct)
             deferred = self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            self.conn.execute(cat.RESET_PRINT_SETTINGS)  # a migration's SET LOCAL DateStyle/search_path must not print into the read
+            for query in cat.RESET_PRINT_SETTINGS:  # a migration's SET LOCAL DateStyle/search_path must not print into the read
+                self.conn.execute(query)
             if scoped:
                 assert self.verified is not None
                 # Its plan is made once per connection, often while the schema is still small: without this, lookups the
@@ -459,7 +460,8 @@ class StepRunner:
             self._lock_still_held(label, total)
             self._record(step, started, fingerprint)
             self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            self.conn.execute(cat.RESET_PRINT_SETTINGS)
+            for query in cat.RESET_PRINT_SETTINGS:
+                self.conn.execute(query)
             live, proven = cat.introspect_verifiable(self.conn, self.schema)
             self._verify(label, expected_version, expected, live, rolled_back=False, total=total)
         self.verified = proven
