@@ -107,6 +107,9 @@ class StepRunner:
     prepared: PreparedStatements = field(init=False)
     # Consecutive steps' catalogs differ by their delta: only the changed entries' JSON is made again at each step.
     _fingerprints: cat.RunningFingerprint = field(init=False, default_factory=cat.RunningFingerprint)
+    # Whether the engine's prepared statements were checked (prepared.guard) since user code last ran on the connection.
+    _clean: bool = field(init=False, default=False)
+    _user_code_at_commit: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
         self.prepared = PreparedStatements(self.conn)
@@ -159,6 +162,9 @@ class StepRunner:
                     raise self._unfinished(label, exc, committing=committing) from None
                 finally:
                     self._settle(run, ok)
+                # Checked right before the read, and since then only the engine's statements ran (with no user
+                # deferrable trigger in the database, none runs at COMMIT): the next step need not check at its start.
+                self._clean = not self._user_code_at_commit
             except _Failed as failed:
                 if failed.state == LOCK_NOT_AVAILABLE and attempt < self.options.ddl_retries:
                     self._wait_to_retry(attempt, label, failed.index, len(statements), failed.stmt, "rolled back")
@@ -233,7 +239,9 @@ class StepRunner:
             self.conn.execute(query)
         if self.lock_key is not None:  # still held since the previous step committed (see below, after the statements)
             self.conn.execute(*lock_held_check(self.lock_key))
-        self.prepared.guard()  # an earlier statement on this connection may have replaced the engine's statements
+        if not self._clean:  # user code ran on this connection since the last check: it may have replaced them
+            self.prepared.guard()
+        self._clean = self._user_code_at_commit = False
         timeouts = self.prepared.execute("wishlist_timeouts", *timeouts_query(self.options, local=True))
         sent = [self.conn.cursor() for _ in statements]  # made first: an error may surface while the next one is sent
         # A statement that may deallocate the engine's prepared statements: the rest of this step's queries go unprepared.
@@ -250,8 +258,6 @@ class StepRunner:
             # CASCADE, after the read: they end now, before it. A migration's temporary objects never reach the next
             # one (which may run in another session), and no pg_temp type can stand in for one the read names.
             self.conn.execute("DISCARD TEMP")
-            if not direct:
-                self.prepared.guard()  # fails, before any EXECUTE, if the statements replaced one of the engine's
             # The ledger row, then what would otherwise run at COMMIT, go before the read: user code they run (a trigger
             # on the ledger, a deferred constraint trigger) changes what the read must see. The row rolls back with the
             # rest unless the read proves the snapshot.
@@ -259,6 +265,11 @@ class StepRunner:
             deferred = self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             for query in cat.RESET_PRINT_SETTINGS:  # a migration's SET LOCAL DateStyle/search_path must not print into the read
                 self.conn.execute(query)
+            if not direct:
+                # After all user code of the step (its statements, the triggers the ledger row and SET CONSTRAINTS fired),
+                # right before the read's EXECUTE: fails if any of it replaced one of the engine's statements. The ledger
+                # row's EXECUTE before it is checked here too (a replaced one's work rolls back with the step).
+                self.prepared.guard()
             if scoped:
                 assert self.verified is not None
                 # Its plan is made once per connection, often while the schema is still small: without this, lookups the
@@ -316,6 +327,7 @@ class StepRunner:
         )
         writes = writes_of(timeouts.fetchone())
         flag = at_commit.fetchone()
+        self._user_code_at_commit = bool(flag and flag[0])
         row = read.fetchone()
         assert row is not None
         if flag and flag[0] and self._deferred_work_ran(pipe, label):
@@ -417,6 +429,7 @@ class StepRunner:
         self, step: Step, label: str, statements: list[Statement], expected_version: str | None, expected: cat.Catalog, started: float
     ) -> str:
         total, start = len(statements), step.resume_from
+        self._clean = False  # the statements run here, outside any check of the engine's prepared statements
         for query in cat.START_OVER:  # as a step in a transaction: from the engine's own settings
             self.conn.execute(query)
         if not step.resuming:
