@@ -791,10 +791,18 @@ RESET_PRINT_SETTINGS = (pin_settings(local=True), "SET LOCAL search_path TO DEFA
 
 # What a migration may leave on the session for the next one: settings (SET without LOCAL), the role (RESET ALL leaves
 # it alone), temporary objects. Settings and role return to what the connection started with (its startup options).
-RESET_SESSION = ("RESET ALL", "RESET ROLE", "DISCARD TEMP")
+RESET_SESSION = ("RESET ALL", "RESET ROLE", "DISCARD TEMP", "CLOSE ALL")
 # ... and the engine's pinned settings for the session after it (RESET ALL returns to what the session started with,
 # which PGTZ/PGCLIENTENCODING may have decided): what every migration, in apply and in snapshot, starts from.
 START_OVER = (*RESET_SESSION, PIN_SESSION)
+
+# A cursor declared WITH HOLD (at top level, or by EXECUTE in a function or trigger) is run to its end at COMMIT, after
+# the verifying read: what its query calls would commit unverified. This query fails, naming them, while any is open.
+HELD_CURSORS_OPEN = "cursors declared WITH HOLD are open at the end of the migration: "
+HELD_CURSORS = (
+    "SELECT CASE WHEN x.names IS NULL THEN 0 ELSE ('" + HELD_CURSORS_OPEN + "' OPERATOR(pg_catalog.||) x.names)::pg_catalog.int4 END"
+    " FROM (SELECT pg_catalog.string_agg(c.name, ', ' ORDER BY c.name) AS names FROM pg_catalog.pg_cursors c WHERE c.is_holdable) x"
+)
 
 # Whether a trigger defined by a user may run at COMMIT, after the verifying read (see StepRunner._deferred_work_ran).
 USER_DEFERRABLE_TRIGGERS = "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgdeferrable AND NOT tgisinternal)"

@@ -39,14 +39,19 @@ _RECORD = (
     + _TIME
     + " FROM pg_catalog.pg_prepared_statements p WHERE p.name OPERATOR(pg_catalog.=) %s"
 )
+# Every name the engine prepares statements under (runner and snapshot): one the engine has not prepared (yet) on a
+# connection must not exist there, or a migration took it.
+ENGINE_NAMES = ("wishlist_ledger_record", "wishlist_scoped", "wishlist_timeouts", "wishlist_verifiable")
 _GUARD = (
     "SELECT CASE WHEN x.bad IS NULL THEN 0 ELSE ('" + REPLACED.replace("'", "''") + "' OPERATOR(pg_catalog.||) x.bad)::pg_catalog.int4 END"
-    " FROM (SELECT pg_catalog.string_agg(e.name, ', ' ORDER BY e.name) AS bad"
-    " FROM ROWS FROM (pg_catalog.unnest(%(names)s::pg_catalog.text[]), pg_catalog.unnest(%(hashes)s::pg_catalog.text[]),"
+    " FROM (SELECT pg_catalog.string_agg(b.name, ', ' ORDER BY b.name) AS bad FROM ("
+    "SELECT e.name FROM ROWS FROM (pg_catalog.unnest(%(names)s::pg_catalog.text[]), pg_catalog.unnest(%(hashes)s::pg_catalog.text[]),"
     " pg_catalog.unnest(%(times)s::pg_catalog.numeric[])) AS e(name, hash, prepared)"
     " WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements p WHERE p.name OPERATOR(pg_catalog.=) e.name"
     " AND " + _TIME + " OPERATOR(pg_catalog.=) e.prepared"
-    " AND pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p.statement, 'UTF8')), 'hex') OPERATOR(pg_catalog.=) e.hash)) x"
+    " AND pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p.statement, 'UTF8')), 'hex') OPERATOR(pg_catalog.=) e.hash)"
+    " UNION ALL SELECT p.name FROM pg_catalog.pg_prepared_statements p WHERE p.name OPERATOR(pg_catalog.=) ANY (%(absent)s::pg_catalog.text[])"
+    ") b) x"
 )
 _LIST = (
     "SELECT p.name, pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p.statement, 'UTF8')), 'hex'), "
@@ -106,15 +111,21 @@ class PreparedStatements:
             sql.SQL("EXECUTE {}({})").format(sql.Identifier(name), sql.SQL(", ").join(sql.Literal(v) for v in values)), prepare=False
         )
 
-    def guard(self) -> psycopg.Cursor[Any] | None:
+    @property
+    def pending(self) -> bool:
+        """Whether a PREPARE was sent whose record is not read yet (settle() reads it): until then, guard() cannot tell
+        whether that statement is still the engine's."""
+        return bool(self._pending)
+
+    def guard(self) -> psycopg.Cursor[Any]:
         """Queue the query that fails (with REPLACED and the names) unless every statement prepared so far is still the
-        engine's; None when none is. Send it after statements that are not the engine's, before its next EXECUTE."""
-        if not self._record:
-            return None
+        engine's and no other name of ENGINE_NAMES is taken (except those pending in this pipeline). Send it after
+        statements that are not the engine's, before its next EXECUTE."""
         names = sorted(self._record)
+        absent = sorted(set(ENGINE_NAMES) - self._record.keys() - self._pending.keys())
         return self.conn.execute(
             _GUARD,
-            {"names": names, "hashes": [self._record[n][0] for n in names], "times": [self._record[n][1] for n in names]},
+            {"names": names, "hashes": [self._record[n][0] for n in names], "times": [self._record[n][1] for n in names], "absent": absent},
             prepare=False,
         )
 

@@ -9,7 +9,7 @@ import functools
 import getpass
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -152,10 +152,11 @@ class StepRunner:
         label, statements = run.label, run.statements
         for attempt in range(self.options.ddl_retries + 1):
             try:
-                ok = committing = False
+                ok = committing = prepared_here = False
                 try:
                     with self.conn.pipeline() as pipe, self.conn.transaction():
                         fingerprint, proven = self._attempt(pipe, run)
+                        prepared_here = self.prepared.pending
                         committing = True
                     ok = True
                 except psycopg.Error as exc:  # the engine's own (converted in _attempt) never gets here: the server's
@@ -163,8 +164,10 @@ class StepRunner:
                 finally:
                     self._settle(run, ok)
                 # Checked right before the read, and since then only the engine's statements ran (with no user
-                # deferrable trigger in the database, none runs at COMMIT): the next step need not check at its start.
-                self._clean = not self._user_code_at_commit
+                # deferrable trigger in the database, none runs at COMMIT; cursors WITH HOLD are refused): the next step
+                # need not check at its start, unless a statement was prepared in this one (the check before the read
+                # could not cover it: its record is read only now).
+                self._clean = not self._user_code_at_commit and not prepared_here
             except _Failed as failed:
                 if failed.state == LOCK_NOT_AVAILABLE and attempt < self.options.ddl_retries:
                     self._wait_to_retry(attempt, label, failed.index, len(statements), failed.stmt, "rolled back")
@@ -239,13 +242,13 @@ class StepRunner:
             self.conn.execute(query)
         if self.lock_key is not None:  # still held since the previous step committed (see below, after the statements)
             self.conn.execute(*lock_held_check(self.lock_key))
-        if not self._clean:  # user code ran on this connection since the last check: it may have replaced them
+        # A statement that may deallocate the engine's prepared statements: this step's queries go unprepared.
+        direct = any(st.kind in DROP_PREPARED for st in statements)
+        if not self._clean and not direct:  # user code ran on this connection since the last check: it may have replaced them
             self.prepared.guard()
         self._clean = self._user_code_at_commit = False
-        timeouts = self.prepared.execute("wishlist_timeouts", *timeouts_query(self.options, local=True))
+        timeouts = self._query("wishlist_timeouts", *timeouts_query(self.options, local=True), direct=direct)
         sent = [self.conn.cursor() for _ in statements]  # made first: an error may surface while the next one is sent
-        # A statement that may deallocate the engine's prepared statements: the rest of this step's queries go unprepared.
-        direct = any(st.kind in DROP_PREPARED for st in statements)
         scoped = self.verified is not None and not full and len(self.verified.catalog) >= SCOPED_FROM
         recorded = deferred = None
         try:
@@ -265,6 +268,7 @@ class StepRunner:
             deferred = self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             for query in cat.RESET_PRINT_SETTINGS:  # a migration's SET LOCAL DateStyle/search_path must not print into the read
                 self.conn.execute(query)
+            self.conn.execute(cat.HELD_CURSORS)  # fails while a cursor would run user code at COMMIT, after the read
             if not direct:
                 # After all user code of the step (its statements, the triggers the ledger row and SET CONSTRAINTS fired),
                 # right before the read's EXECUTE: fails if any of it replaced one of the engine's statements. The ledger
@@ -303,6 +307,8 @@ class StepRunner:
                     "meanwhile. The migration was rolled back, the ledger is unchanged, and the run stopped.",
                     "remove the unlock from the migration (release only the advisory locks it took, by their keys), then run apply again.",
                 ) from None
+            if cat.HELD_CURSORS_OPEN in str(exc):
+                raise self._held_cursors(label, exc) from None
             replaced = replaced_names(str(exc))
             if replaced is not None or sqlstate(exc) == DUPLICATE_PREPARED:
                 raise self._replaced(label, replaced, exc, before=timeouts.pgresult is None) from None
@@ -359,12 +365,20 @@ class StepRunner:
         verifying read. SET CONSTRAINTS ALL IMMEDIATE before the read fired what was pending then, but a trigger it fired
         may have said SET CONSTRAINTS ALL DEFERRED and queued more, which would run at COMMIT. So fire again until a round
         changes no row anywhere (a trigger that writes no row queues no event: the queue is then empty)."""
+        import psycopg
+
         ran = False
         for _ in range(DEFERRED_ROUNDS):
             before = self.conn.execute(cat.XACT_ROWS_WRITTEN)
             self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             after = self.conn.execute(cat.XACT_ROWS_WRITTEN)
-            pipe.sync()
+            self.conn.execute(cat.HELD_CURSORS)  # a trigger fired here may declare one (and write no row)
+            try:
+                pipe.sync()
+            except psycopg.Error as exc:
+                if cat.HELD_CURSORS_OPEN in str(exc):
+                    raise self._held_cursors(label, exc) from None
+                raise
             if before.fetchone() == after.fetchone():
                 return ran
             ran = True
@@ -372,6 +386,15 @@ class StepRunner:
             f"{label}: deferred triggers kept queueing work for {DEFERRED_ROUNDS} rounds of SET CONSTRAINTS ALL IMMEDIATE "
             "after the last statement; the migration was rolled back, the ledger is unchanged.",
             "find the deferred constraint trigger that re-defers itself (SET CONSTRAINTS ... DEFERRED in its function) and remove that.",
+        )
+
+    def _held_cursors(self, label: str, exc: Exception) -> MigrationError:
+        names = str(exc).split(cat.HELD_CURSORS_OPEN, 1)[-1].split('"')[0]
+        return StatementFailed(
+            f"{label}: the migration left cursor(s) declared WITH HOLD open ({names}), or a trigger it fired declared them: "
+            "PostgreSQL runs such a cursor's query to its end at COMMIT, after the engine's verifying read, so what it "
+            "calls could not be verified. The migration was rolled back, the ledger is unchanged.",
+            "close the cursor in the migration (CLOSE name) or declare it without WITH HOLD, then run apply again.",
         )
 
     def _replaced(self, label: str, names: str | None, exc: Exception, *, before: bool) -> MigrationError:
@@ -468,13 +491,23 @@ class StepRunner:
         with self.conn.transaction():
             # As in a transaction: the final ledger row first (a trigger on the ledger runs user code), then what would
             # run at COMMIT, then the read; the row commits only if the read matches the snapshot.
-            for query in ("RESET ROLE", "DISCARD TEMP"):
+            # (CLOSE ALL: a cursor the statements declared WITH HOLD ran to its end when its statement committed)
+            for query in ("RESET ROLE", "DISCARD TEMP", "CLOSE ALL"):
                 self.conn.execute(query)
             self._lock_still_held(label, total)
             self._record(step, started, fingerprint)
             self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             for query in cat.RESET_PRINT_SETTINGS:
                 self.conn.execute(query)
+            held = [str(r[0]) for r in self.conn.execute("SELECT name FROM pg_catalog.pg_cursors WHERE is_holdable ORDER BY 1")]
+            if held:
+                raise IncompleteMigration(
+                    f"{label} runs outside a transaction: all {total} statements completed and stay committed; then a trigger "
+                    f"fired by the engine's ledger row or by SET CONSTRAINTS declared cursor(s) WITH HOLD ({', '.join(held)}), "
+                    "whose query PostgreSQL runs at COMMIT, after the verifying read. The version was not recorded as applied "
+                    "(the ledger marks it interrupted after its last statement); the run stopped.",
+                    "remove the cursor from the trigger, then run apply again: it verifies and records the version.",
+                )
             live, proven = cat.introspect_verifiable(self.conn, self.schema)
             self._verify(label, expected_version, expected, live, rolled_back=False, total=total)
         self.verified = proven
@@ -740,7 +773,7 @@ class StepRunner:
             for pid, app, state, since, query in rows
         )
 
-    def _query(self, name: str, query: str, params: dict[str, Any], *, direct: bool) -> psycopg.Cursor[Any]:
+    def _query(self, name: str, query: str, params: Mapping[str, Any] | Sequence[Any], *, direct: bool) -> psycopg.Cursor[Any]:
         return self.conn.execute(query, params, prepare=False) if direct else self.prepared.execute(name, query, params)
 
     def _check_fingerprint(self, label: str, version: str | None, recorded: str, computed: str) -> None:

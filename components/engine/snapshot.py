@@ -153,6 +153,14 @@ def _apply_each(
                         # anyway: then the version is read whole after COMMIT instead of proven before it
                         for query in ("RESET ROLE", "DISCARD TEMP", "SET CONSTRAINTS ALL IMMEDIATE"):
                             conn.execute(query)
+                        # as apply refuses them: a cursor WITH HOLD runs its query at COMMIT, after any read
+                        held = [str(r[0]) for r in conn.execute("SELECT name FROM pg_catalog.pg_cursors WHERE is_holdable ORDER BY 1")]
+                        if held:
+                            raise StatementFailed(
+                                f"{f.up} leaves cursor(s) declared WITH HOLD open at its end ({', '.join(held)}): PostgreSQL "
+                                "runs such a cursor's query at COMMIT, after the engine's verifying read, and apply refuses it.",
+                                "close the cursor in the migration (CLOSE name) or declare it without WITH HOLD, then run snapshot again.",
+                            )
                         row = conn.execute(cat.USER_DEFERRABLE_TRIGGERS).fetchone()
                         if row is not None and row[0]:
                             expected = None
@@ -174,6 +182,8 @@ def _apply_each(
                             # refused in a block, or it COMMITs itself (a DO block or procedure): its block rolled back
                             measured.append(trace_outside_transaction(conn, scratch_settings, schema, stmt))
                             tracker.reload(conn)
+            except StatementFailed:
+                raise
             except Exception as exc:
                 raise StatementFailed(
                     f"{f.up} does not apply on a fresh database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}.",
