@@ -801,11 +801,14 @@ START_OVER = (*RESET_SESSION, PIN_SESSION)
 HELD_CURSORS_OPEN = "cursors declared WITH HOLD are open at the end of the migration: "
 HELD_CURSORS = (
     "SELECT CASE WHEN x.names IS NULL THEN 0 ELSE ('" + HELD_CURSORS_OPEN + "' OPERATOR(pg_catalog.||) x.names)::pg_catalog.int4 END"
-    " FROM (SELECT pg_catalog.string_agg(c.name, ', ' ORDER BY c.name) AS names FROM pg_catalog.pg_cursors c WHERE c.is_holdable) x"
+    " FROM (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c.name), ', ' ORDER BY c.name) AS names"
+    " FROM pg_catalog.pg_cursors c WHERE c.is_holdable) x"
 )
 
-# Whether a trigger defined by a user may run at COMMIT, after the verifying read (see StepRunner._deferred_work_ran).
-USER_DEFERRABLE_TRIGGERS = "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgdeferrable AND NOT tgisinternal)"
+# Whether user code may run at COMMIT, after the verifying read (see StepRunner._deferred_work_ran): any deferrable
+# trigger, internal ones included (a deferrable unique or exclusion constraint's recheck evaluates its index
+# expressions, which may call the user's functions).
+USER_DEFERRABLE_TRIGGERS = "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgdeferrable)"
 
 # Row versions this transaction wrote so far in every table, catalogs included: unchanged across a round of
 # SET CONSTRAINTS ALL IMMEDIATE only if no deferred trigger that ran wrote a row (or changed the schema).

@@ -110,6 +110,8 @@ class StepRunner:
     # Whether the engine's prepared statements were checked (prepared.guard) since user code last ran on the connection.
     _clean: bool = field(init=False, default=False)
     _user_code_at_commit: bool = field(init=False, default=True)
+    # The last step's queries went unprepared (a statement may deallocate the engine's): nothing was checked before its read.
+    _unchecked: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.prepared = PreparedStatements(self.conn)
@@ -167,7 +169,7 @@ class StepRunner:
                 # deferrable trigger in the database, none runs at COMMIT; cursors WITH HOLD are refused): the next step
                 # need not check at its start, unless a statement was prepared in this one (the check before the read
                 # could not cover it: its record is read only now).
-                self._clean = not self._user_code_at_commit and not prepared_here
+                self._clean = not self._user_code_at_commit and not prepared_here and not self._unchecked
             except _Failed as failed:
                 if failed.state == LOCK_NOT_AVAILABLE and attempt < self.options.ddl_retries:
                     self._wait_to_retry(attempt, label, failed.index, len(statements), failed.stmt, "rolled back")
@@ -243,7 +245,7 @@ class StepRunner:
         if self.lock_key is not None:  # still held since the previous step committed (see below, after the statements)
             self.conn.execute(*lock_held_check(self.lock_key))
         # A statement that may deallocate the engine's prepared statements: this step's queries go unprepared.
-        direct = any(st.kind in DROP_PREPARED for st in statements)
+        direct = self._unchecked = any(st.kind in DROP_PREPARED for st in statements)
         if not self._clean and not direct:  # user code ran on this connection since the last check: it may have replaced them
             self.prepared.guard()
         self._clean = self._user_code_at_commit = False
@@ -360,7 +362,7 @@ class StepRunner:
         self._check_fingerprint(label, expected_version, expected_fingerprint, fingerprint)
         return fingerprint, proven
 
-    def _deferred_work_ran(self, pipe: psycopg.Pipeline, label: str) -> bool:
+    def _deferred_work_ran(self, pipe: psycopg.Pipeline | None, label: str, *, committed: int | None = None) -> bool:
         """With user-defined deferrable constraint triggers in the database: whether deferred work ran after the
         verifying read. SET CONSTRAINTS ALL IMMEDIATE before the read fired what was pending then, but a trigger it fired
         may have said SET CONSTRAINTS ALL DEFERRED and queued more, which would run at COMMIT. So fire again until a round
@@ -372,29 +374,46 @@ class StepRunner:
             before = self.conn.execute(cat.XACT_ROWS_WRITTEN)
             self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             after = self.conn.execute(cat.XACT_ROWS_WRITTEN)
-            self.conn.execute(cat.HELD_CURSORS)  # a trigger fired here may declare one (and write no row)
             try:
-                pipe.sync()
+                self.conn.execute(cat.HELD_CURSORS)  # a trigger fired here may declare one (and write no row)
+                if pipe is not None:
+                    pipe.sync()
             except psycopg.Error as exc:
                 if cat.HELD_CURSORS_OPEN in str(exc):
-                    raise self._held_cursors(label, exc) from None
+                    raise self._held_cursors(label, exc, committed=committed) from None
                 raise
             if before.fetchone() == after.fetchone():
                 return ran
             ran = True
-        raise StatementFailed(
-            f"{label}: deferred triggers kept queueing work for {DEFERRED_ROUNDS} rounds of SET CONSTRAINTS ALL IMMEDIATE "
-            "after the last statement; the migration was rolled back, the ledger is unchanged.",
+        raise self._after_statements(
+            label,
+            f"deferred triggers kept queueing work for {DEFERRED_ROUNDS} rounds of SET CONSTRAINTS ALL IMMEDIATE after the last statement",
             "find the deferred constraint trigger that re-defers itself (SET CONSTRAINTS ... DEFERRED in its function) and remove that.",
+            committed,
         )
 
-    def _held_cursors(self, label: str, exc: Exception) -> MigrationError:
-        names = str(exc).split(cat.HELD_CURSORS_OPEN, 1)[-1].split('"')[0]
-        return StatementFailed(
-            f"{label}: the migration left cursor(s) declared WITH HOLD open ({names}), or a trigger it fired declared them: "
-            "PostgreSQL runs such a cursor's query to its end at COMMIT, after the engine's verifying read, so what it "
-            "calls could not be verified. The migration was rolled back, the ledger is unchanged.",
+    @staticmethod
+    def _after_statements(label: str, what: str, fix: str, committed: int | None) -> MigrationError:
+        """A refusal after every statement ran: in a transaction (`committed` None) the step is rolled back; outside one
+        its `committed` statements stay committed and only the final ledger row is not written."""
+        if committed is None:
+            return StatementFailed(f"{label}: {what}; the migration was rolled back, the ledger is unchanged.", fix)
+        return IncompleteMigration(
+            f"{label} runs outside a transaction: all {committed} statements completed and stay committed; then {what}. The "
+            "version was not recorded as applied (the ledger marks it interrupted after its last statement); the run stopped.",
+            f"{fix[:1].upper()}{fix[1:].rstrip('.')}, then run apply again: it verifies and records the version.",
+        )
+
+    def _held_cursors(self, label: str, exc: Exception, *, committed: int | None = None) -> MigrationError:
+        tail = str(exc).split(cat.HELD_CURSORS_OPEN, 1)[-1].split("\n", 1)[0]
+        names = tail[:-1] if tail.endswith('"') else tail  # the error quotes the value: the list ends before its closing quote
+        return self._after_statements(
+            label,
+            f"cursor(s) declared WITH HOLD were open ({names}), left by the migration or declared by a trigger it fired: "
+            "PostgreSQL runs such a cursor's query to its end at COMMIT, after the engine's verifying read, so what it calls "
+            "could not be verified",
             "close the cursor in the migration (CLOSE name) or declare it without WITH HOLD, then run apply again.",
+            committed,
         )
 
     def _replaced(self, label: str, names: str | None, exc: Exception, *, before: bool) -> MigrationError:
@@ -406,9 +425,9 @@ class StepRunner:
             )
         if before:
             return StatementFailed(
-                f"{label}: the engine's prepared statement(s) {names} were replaced or removed before this step (by a "
-                "statement run on the engine's connection since it prepared them); nothing of this migration ran, the ledger "
-                "is unchanged.",
+                f"{label}: the engine's prepared statement(s) {names} were replaced, removed or taken (prepared under the "
+                "engine's name) before this step, by a statement run on the engine's connection by an earlier migration; "
+                "nothing of this migration ran, the ledger is unchanged.",
                 "find the DEALLOCATE or PREPARE (at top level, in a DO block or in a function) in the migrations run before "
                 "this one, remove it, then run apply again: it starts on a new connection.",
             )
@@ -451,6 +470,8 @@ class StepRunner:
     def _outside_transaction(
         self, step: Step, label: str, statements: list[Statement], expected_version: str | None, expected: cat.Catalog, started: float
     ) -> str:
+        import psycopg
+
         total, start = len(statements), step.resume_from
         self._clean = False  # the statements run here, outside any check of the engine's prepared statements
         for query in cat.START_OVER:  # as a step in a transaction: from the engine's own settings
@@ -499,16 +520,16 @@ class StepRunner:
             self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             for query in cat.RESET_PRINT_SETTINGS:
                 self.conn.execute(query)
-            held = [str(r[0]) for r in self.conn.execute("SELECT name FROM pg_catalog.pg_cursors WHERE is_holdable ORDER BY 1")]
-            if held:
-                raise IncompleteMigration(
-                    f"{label} runs outside a transaction: all {total} statements completed and stay committed; then a trigger "
-                    f"fired by the engine's ledger row or by SET CONSTRAINTS declared cursor(s) WITH HOLD ({', '.join(held)}), "
-                    "whose query PostgreSQL runs at COMMIT, after the verifying read. The version was not recorded as applied "
-                    "(the ledger marks it interrupted after its last statement); the run stopped.",
-                    "remove the cursor from the trigger, then run apply again: it verifies and records the version.",
-                )
+            try:
+                self.conn.execute(cat.HELD_CURSORS)
+            except psycopg.Error as exc:
+                if cat.HELD_CURSORS_OPEN not in str(exc):
+                    raise
+                raise self._held_cursors(label, exc, committed=total) from None
             live, proven = cat.introspect_verifiable(self.conn, self.schema)
+            flag = self.conn.execute(cat.USER_DEFERRABLE_TRIGGERS).fetchone()
+            if flag and flag[0] and self._deferred_work_ran(None, label, committed=total):
+                live, proven = cat.introspect_verifiable(self.conn, self.schema)  # deferred work ran after the read: again
             self._verify(label, expected_version, expected, live, rolled_back=False, total=total)
         self.verified = proven
         return fingerprint
