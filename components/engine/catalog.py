@@ -812,7 +812,11 @@ USER_DEFERRABLE_TRIGGERS = "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHE
 
 # Row versions this transaction wrote so far in every table, catalogs included: unchanged across a round of
 # SET CONSTRAINTS ALL IMMEDIATE only if no deferred trigger that ran wrote a row (or changed the schema).
+# Per table, not summed: a TRUNCATE of a table made in the transaction lowers its counts, and rows written elsewhere
+# would balance a sum. NULL when track_counts is off (then nothing can be told: the caller refuses).
 XACT_ROWS_WRITTEN = (
-    "SELECT pg_catalog.sum(s.n_tup_ins OPERATOR(pg_catalog.+) s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)"
-    " FROM pg_catalog.pg_stat_xact_all_tables s"
+    "SELECT CASE WHEN pg_catalog.current_setting('track_counts') OPERATOR(pg_catalog.=) 'on' THEN"
+    " coalesce(pg_catalog.json_object_agg(s.relid, ARRAY[s.n_tup_ins, s.n_tup_upd, s.n_tup_del, s.n_tup_hot_upd] ORDER BY s.relid)::pg_catalog.text, '')"
+    " END FROM pg_catalog.pg_stat_xact_all_tables s"
+    " WHERE s.n_tup_ins OPERATOR(pg_catalog.+) s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del OPERATOR(pg_catalog.>) 0"
 )

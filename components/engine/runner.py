@@ -257,8 +257,6 @@ class StepRunner:
             for cursor, stmt in zip(sent, statements, strict=True):
                 cursor.execute(stmt.text.encode(), prepare=False)
             self.conn.execute("RESET ROLE")  # the engine's own queries run as the connecting role
-            if self.lock_key is not None:
-                self.conn.execute(*lock_held_check(self.lock_key))
             # Temporary objects end with the session or at COMMIT (ON COMMIT DROP), dropping what depends on them with
             # CASCADE, after the read: they end now, before it. A migration's temporary objects never reach the next
             # one (which may run in another session), and no pg_temp type can stand in for one the read names.
@@ -271,6 +269,8 @@ class StepRunner:
             for query in cat.RESET_PRINT_SETTINGS:  # a migration's SET LOCAL DateStyle/search_path must not print into the read
                 self.conn.execute(query)
             self.conn.execute(cat.HELD_CURSORS)  # fails while a cursor would run user code at COMMIT, after the read
+            if self.lock_key is not None:  # after all user code of the step (its statements, the triggers they fired)
+                self.conn.execute(*lock_held_check(self.lock_key))
             if not direct:
                 # After all user code of the step (its statements, the triggers the ledger row and SET CONSTRAINTS fired),
                 # right before the read's EXECUTE: fails if any of it replaced one of the engine's statements. The ledger
@@ -304,7 +304,7 @@ class StepRunner:
                 ) from None
             if LOCK_RELEASED in str(exc):
                 raise StatementFailed(
-                    f"{label}: a statement of the migration released the engine's migration lock (pg_advisory_unlock_all(), "
+                    f"{label}: a statement of the migration, or a trigger it fired, released the engine's migration lock (pg_advisory_unlock_all(), "
                     "pg_advisory_unlock() or DISCARD ALL; a rollback does not take it back): another applier could have started "
                     "meanwhile. The migration was rolled back, the ledger is unchanged, and the run stopped.",
                     "remove the unlock from the migration (release only the advisory locks it took, by their keys), then run apply again.",
@@ -371,18 +371,54 @@ class StepRunner:
 
         ran = False
         for _ in range(DEFERRED_ROUNDS):
-            before = self.conn.execute(cat.XACT_ROWS_WRITTEN)
-            self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            after = self.conn.execute(cat.XACT_ROWS_WRITTEN)
+            fired, stage = None, "count"
             try:
-                self.conn.execute(cat.HELD_CURSORS)  # a trigger fired here may declare one (and write no row)
+                before = self.conn.execute(cat.XACT_ROWS_WRITTEN)
+                stage = "constraints"
+                fired = self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                stage = "checks"
+                after = self.conn.execute(cat.XACT_ROWS_WRITTEN)
+                # what a trigger fired here may have done without writing a row: a cursor WITH HOLD, a setting the
+                # read prints under (pinned again: the caller reads again after a round that did work), the lock
+                self.conn.execute(cat.HELD_CURSORS)
+                for query in cat.RESET_PRINT_SETTINGS:
+                    self.conn.execute(query)
+                if self.lock_key is not None:
+                    self.conn.execute(*lock_held_check(self.lock_key))
                 if pipe is not None:
                     pipe.sync()
             except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError) and not sqlstate(exc):
+                    raise
                 if cat.HELD_CURSORS_OPEN in str(exc):
                     raise self._held_cursors(label, exc, committed=committed) from None
+                if LOCK_RELEASED in str(exc):
+                    raise self._after_statements(
+                        label,
+                        "a deferred trigger released the engine's migration lock (pg_advisory_unlock_all() or "
+                        "pg_advisory_unlock()): another applier could have started meanwhile",
+                        "remove the unlock from the trigger.",
+                        committed,
+                    ) from None
+                if stage == "constraints" or (pipe is not None and fired is not None and fired.pgresult is None):
+                    raise self._after_statements(
+                        label,
+                        f"a deferred constraint or trigger failed when checked again after the verifying read "
+                        f"({first_line(exc, self.settings)} [SQLSTATE {sqlstate(exc) or '?'}])",
+                        "fix the rows or the constraint in the migration (a DEFERRABLE constraint is checked before COMMIT).",
+                        committed,
+                    ) from None
                 raise
-            if before.fetchone() == after.fetchone():
+            counts = before.fetchone(), after.fetchone()
+            if counts[0] is None or counts[0][0] is None or counts[1] is None or counts[1][0] is None:
+                raise self._after_statements(
+                    label,
+                    "the database has deferrable triggers and track_counts is off, so the engine cannot tell whether "
+                    "deferred work would still run at COMMIT, after its verifying read",
+                    "turn track_counts on (the PostgreSQL default; a parameter group setting on Aurora).",
+                    committed,
+                )
+            if counts[0] == counts[1]:
                 return ran
             ran = True
         raise self._after_statements(
@@ -515,9 +551,19 @@ class StepRunner:
             # (CLOSE ALL: a cursor the statements declared WITH HOLD ran to its end when its statement committed)
             for query in ("RESET ROLE", "DISCARD TEMP", "CLOSE ALL"):
                 self.conn.execute(query)
-            self._lock_still_held(label, total)
-            self._record(step, started, fingerprint)
-            self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            try:
+                self._record(step, started, fingerprint)
+                self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError) and not sqlstate(exc):
+                    raise
+                raise self._after_statements(
+                    label,
+                    f"the engine's final ledger row, or a deferred constraint or trigger checked after it, failed "
+                    f"({first_line(exc, self.settings)} [SQLSTATE {sqlstate(exc) or '?'}])",
+                    "fix what the trigger or constraint refused.",
+                    total,
+                ) from None
             for query in cat.RESET_PRINT_SETTINGS:
                 self.conn.execute(query)
             try:
@@ -526,6 +572,7 @@ class StepRunner:
                 if cat.HELD_CURSORS_OPEN not in str(exc):
                     raise
                 raise self._held_cursors(label, exc, committed=total) from None
+            self._lock_still_held(label, total)  # after the triggers the ledger row and SET CONSTRAINTS fired
             live, proven = cat.introspect_verifiable(self.conn, self.schema)
             flag = self.conn.execute(cat.USER_DEFERRABLE_TRIGGERS).fetchone()
             if flag and flag[0] and self._deferred_work_ran(None, label, committed=total):
