@@ -170,6 +170,8 @@ class StepRunner:
                 # need not check at its start, unless a statement was prepared in this one (the check before the read
                 # could not cover it: its record is read only now).
                 self._clean = not self._user_code_at_commit and not prepared_here and not self._unchecked
+                if self._user_code_at_commit:
+                    self._read_after_commit(run)
             except _Failed as failed:
                 if failed.state == LOCK_NOT_AVAILABLE and attempt < self.options.ddl_retries:
                     self._wait_to_retry(attempt, label, failed.index, len(statements), failed.stmt, "rolled back")
@@ -178,6 +180,28 @@ class StepRunner:
             self.verified = proven
             return fingerprint
         raise AssertionError("unreachable")
+
+    def _read_after_commit(self, run: _StepRun) -> None:
+        """With deferrable triggers in the database, deferred work can still run at COMMIT, after the read (a trigger
+        that re-defers itself can hide it from the rounds' write counts): read the schema again once committed. It can
+        no longer be rolled back: a difference stops the run and says so."""
+        for query in cat.START_OVER:
+            self.conn.execute(query)
+        live, proven = cat.introspect_verifiable(self.conn, self.schema)
+        differences = cat.compare(run.expected, live)
+        if not differences:
+            self.verified = proven
+            return
+        what = "; ".join(d.describe() for d in differences[:10]) + (f" (+{len(differences) - 10} more)" if len(differences) > 10 else "")
+        self.verified = None
+        raise VerifyFailed(
+            f"{run.label} was verified and committed, but the schema read again after COMMIT does not match the snapshot of "
+            f"{run.expected_version or 'the empty schema'}: {what}. Deferred work ran at COMMIT, after the engine's last "
+            "check (a deferred trigger that deferred itself again). It cannot be rolled back: the ledger records the version "
+            "as applied, and the run stopped.",
+            "remove SET CONSTRAINTS ... DEFERRED from the trigger functions, then repair the schema (`verify` lists the "
+            "differences; roll back to the version before and apply again where rollback is allowed).",
+        )
 
     def _settle(self, run: _StepRun, committed: bool) -> None:
         """After a step's transaction: record the engine's statements prepared in it, and resync them if the step may
@@ -257,10 +281,6 @@ class StepRunner:
             for cursor, stmt in zip(sent, statements, strict=True):
                 cursor.execute(stmt.text.encode(), prepare=False)
             self.conn.execute("RESET ROLE")  # the engine's own queries run as the connecting role
-            # Temporary objects end with the session or at COMMIT (ON COMMIT DROP), dropping what depends on them with
-            # CASCADE, after the read: they end now, before it. A migration's temporary objects never reach the next
-            # one (which may run in another session), and no pg_temp type can stand in for one the read names.
-            self.conn.execute("DISCARD TEMP")
             # The ledger row, then what would otherwise run at COMMIT, go before the read: user code they run (a trigger
             # on the ledger, a deferred constraint trigger) changes what the read must see. The row rolls back with the
             # rest unless the read proves the snapshot.
@@ -268,6 +288,11 @@ class StepRunner:
             deferred = self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             for query in cat.RESET_PRINT_SETTINGS:  # a migration's SET LOCAL DateStyle/search_path must not print into the read
                 self.conn.execute(query)
+            # Temporary objects end with the session or at COMMIT (ON COMMIT DROP), dropping what depends on them with
+            # CASCADE, after the read: they end now, before it, after all user code of the step (a trigger fired by the
+            # ledger row or SET CONSTRAINTS may make one). A migration's temporary objects never reach the next one,
+            # and no pg_temp type can stand in for one the read names.
+            self.conn.execute("DISCARD TEMP")
             self.conn.execute(cat.HELD_CURSORS)  # fails while a cursor would run user code at COMMIT, after the read
             if self.lock_key is not None:  # after all user code of the step (its statements, the triggers they fired)
                 self.conn.execute(*lock_held_check(self.lock_key))
@@ -377,6 +402,7 @@ class StepRunner:
                 stage = "constraints"
                 fired = self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 stage = "checks"
+                self.conn.execute("DISCARD TEMP")  # what a trigger made here ends before any read (its drops count as work)
                 after = self.conn.execute(cat.XACT_ROWS_WRITTEN)
                 # what a trigger fired here may have done without writing a row: a cursor WITH HOLD, a setting the
                 # read prints under (pinned again: the caller reads again after a round that did work), the lock
@@ -564,7 +590,7 @@ class StepRunner:
                     "fix what the trigger or constraint refused.",
                     total,
                 ) from None
-            for query in cat.RESET_PRINT_SETTINGS:
+            for query in (*cat.RESET_PRINT_SETTINGS, "DISCARD TEMP"):  # after the triggers: what they made ends now
                 self.conn.execute(query)
             try:
                 self.conn.execute(cat.HELD_CURSORS)

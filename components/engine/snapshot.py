@@ -151,7 +151,7 @@ def _apply_each(
                         # what would run at COMMIT (temporary objects ending, deferred constraint triggers) runs now,
                         # under the connecting role; a user's deferrable trigger may defer again and run at COMMIT
                         # anyway: then the version is read whole after COMMIT instead of proven before it
-                        for query in ("RESET ROLE", "DISCARD TEMP", "SET CONSTRAINTS ALL IMMEDIATE"):
+                        for query in ("RESET ROLE", "SET CONSTRAINTS ALL IMMEDIATE", "DISCARD TEMP"):
                             conn.execute(query)
                         # as apply refuses them: a cursor WITH HOLD runs its query at COMMIT, after any read
                         held = [str(r[0]) for r in conn.execute("SELECT name FROM pg_catalog.pg_cursors WHERE is_holdable ORDER BY 1")]
