@@ -196,9 +196,9 @@ class StepRunner:
         self.verified = None
         raise VerifyFailed(
             f"{run.label} was verified and committed, but the schema read again after COMMIT does not match the snapshot of "
-            f"{run.expected_version or 'the empty schema'}: {what}. Deferred work ran at COMMIT, after the engine's last "
-            "check (a deferred trigger that deferred itself again). It cannot be rolled back: the ledger records the version "
-            "as applied, and the run stopped.",
+            f"{run.expected_version or 'the empty schema'}: {what}. Either deferred work ran at COMMIT, after the engine's "
+            "last check (a deferred trigger that deferred itself again), or another session changed the schema since. It "
+            "cannot be rolled back: the ledger records the version as applied, and the run stopped.",
             "remove SET CONSTRAINTS ... DEFERRED from the trigger functions, then repair the schema (`verify` lists the "
             "differences; roll back to the version before and apply again where rollback is allowed).",
         )
