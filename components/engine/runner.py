@@ -171,7 +171,7 @@ class StepRunner:
                 # could not cover it: its record is read only now).
                 self._clean = not self._user_code_at_commit and not prepared_here and not self._unchecked
                 if self._user_code_at_commit:
-                    self._read_after_commit(run)
+                    self._read_after_commit(run.label, run.expected_version, run.expected)
             except _Failed as failed:
                 if failed.state == LOCK_NOT_AVAILABLE and attempt < self.options.ddl_retries:
                     self._wait_to_retry(attempt, label, failed.index, len(statements), failed.stmt, "rolled back")
@@ -181,26 +181,27 @@ class StepRunner:
             return fingerprint
         raise AssertionError("unreachable")
 
-    def _read_after_commit(self, run: _StepRun) -> None:
+    def _read_after_commit(self, label: str, expected_version: str | None, expected: cat.Catalog) -> None:
         """With deferrable triggers in the database, deferred work can still run at COMMIT, after the read (a trigger
         that re-defers itself can hide it from the rounds' write counts): read the schema again once committed. It can
         no longer be rolled back: a difference stops the run and says so."""
         for query in cat.START_OVER:
             self.conn.execute(query)
         live, proven = cat.introspect_verifiable(self.conn, self.schema)
-        differences = cat.compare(run.expected, live)
+        differences = cat.compare(expected, live)
         if not differences:
             self.verified = proven
             return
         what = "; ".join(d.describe() for d in differences[:10]) + (f" (+{len(differences) - 10} more)" if len(differences) > 10 else "")
         self.verified = None
         raise VerifyFailed(
-            f"{run.label} was verified and committed, but the schema read again after COMMIT does not match the snapshot of "
-            f"{run.expected_version or 'the empty schema'}: {what}. Either deferred work ran at COMMIT, after the engine's "
+            f"{label} was verified and committed, but the schema read again after COMMIT does not match the snapshot of "
+            f"{expected_version or 'the empty schema'}: {what}. Either deferred work ran at COMMIT, after the engine's "
             "last check (a deferred trigger that deferred itself again), or another session changed the schema since. It "
             "cannot be rolled back: the ledger records the version as applied, and the run stopped.",
-            "remove SET CONSTRAINTS ... DEFERRED from the trigger functions, then repair the schema (`verify` lists the "
-            "differences; roll back to the version before and apply again where rollback is allowed).",
+            "run `verify` to list the differences and find their author: a change another session made is drift to resolve "
+            "with it; one a deferred trigger made at COMMIT needs SET CONSTRAINTS ... DEFERRED removed from the trigger's "
+            "function, and the schema repaired (roll back to the version before and apply again where rollback is allowed).",
         )
 
     def _settle(self, run: _StepRun, committed: bool) -> None:
@@ -601,10 +602,13 @@ class StepRunner:
             self._lock_still_held(label, total)  # after the triggers the ledger row and SET CONSTRAINTS fired
             live, proven = cat.introspect_verifiable(self.conn, self.schema)
             flag = self.conn.execute(cat.USER_DEFERRABLE_TRIGGERS).fetchone()
-            if flag and flag[0] and self._deferred_work_ran(None, label, committed=total):
+            at_commit = bool(flag and flag[0])
+            if at_commit and self._deferred_work_ran(None, label, committed=total):
                 live, proven = cat.introspect_verifiable(self.conn, self.schema)  # deferred work ran after the read: again
             self._verify(label, expected_version, expected, live, rolled_back=False, total=total)
         self.verified = proven
+        if at_commit:  # as in a transaction: what the rounds cannot see would have run at COMMIT
+            self._read_after_commit(label, expected_version, expected)
         return fingerprint
 
     def _lock_still_held(self, label: str, total: int) -> None:
