@@ -171,7 +171,7 @@ class StepRunner:
                 # could not cover it: its record is read only now).
                 self._clean = not self._user_code_at_commit and not prepared_here and not self._unchecked
                 if self._user_code_at_commit:
-                    self._read_after_commit(run.label, run.expected_version, run.expected)
+                    self._read_after_commit(run.label, run.expected_version, run.expected, run.step.direction)
             except _Failed as failed:
                 if failed.state == LOCK_NOT_AVAILABLE and attempt < self.options.ddl_retries:
                     self._wait_to_retry(attempt, label, failed.index, len(statements), failed.stmt, "rolled back")
@@ -181,13 +181,24 @@ class StepRunner:
             return fingerprint
         raise AssertionError("unreachable")
 
-    def _read_after_commit(self, label: str, expected_version: str | None, expected: cat.Catalog) -> None:
+    def _read_after_commit(self, label: str, expected_version: str | None, expected: cat.Catalog, direction: str) -> None:
         """With deferrable triggers in the database, deferred work can still run at COMMIT, after the read (a trigger
         that re-defers itself can hide it from the rounds' write counts): read the schema again once committed. It can
         no longer be rolled back: a difference stops the run and says so."""
-        for query in cat.START_OVER:
-            self.conn.execute(query)
-        live, proven = cat.introspect_verifiable(self.conn, self.schema)
+        import psycopg
+
+        ledger = "the ledger records the version as applied" if direction == "up" else "the ledger no longer lists the version"
+        try:
+            for query in cat.START_OVER:
+                self.conn.execute(query)
+            live, proven = cat.introspect_verifiable(self.conn, self.schema)
+        except psycopg.Error as exc:
+            self.verified = None
+            raise StatementFailed(
+                f"{label} was verified and committed ({ledger}); then the engine's read of the schema after COMMIT failed "
+                f"({first_line(exc, self.settings)}), and the run stopped.",
+                "run `verify`: it reads the schema whole; then run apply again.",
+            ) from None
         differences = cat.compare(expected, live)
         if not differences:
             self.verified = proven
@@ -198,10 +209,10 @@ class StepRunner:
             f"{label} was verified and committed, but the schema read again after COMMIT does not match the snapshot of "
             f"{expected_version or 'the empty schema'}: {what}. Either deferred work ran at COMMIT, after the engine's "
             "last check (a deferred trigger that deferred itself again), or another session changed the schema since. It "
-            "cannot be rolled back: the ledger records the version as applied, and the run stopped.",
+            f"cannot be undone by the engine: {ledger}, and the run stopped.",
             "run `verify` to list the differences and find their author: a change another session made is drift to resolve "
             "with it; one a deferred trigger made at COMMIT needs SET CONSTRAINTS ... DEFERRED removed from the trigger's "
-            "function, and the schema repaired (roll back to the version before and apply again where rollback is allowed).",
+            "function, and the schema repaired by hand to the snapshot (`verify` shows it), then run apply again.",
         )
 
     def _settle(self, run: _StepRun, committed: bool) -> None:
@@ -608,7 +619,7 @@ class StepRunner:
             self._verify(label, expected_version, expected, live, rolled_back=False, total=total)
         self.verified = proven
         if at_commit:  # as in a transaction: what the rounds cannot see would have run at COMMIT
-            self._read_after_commit(label, expected_version, expected)
+            self._read_after_commit(label, expected_version, expected, step.direction)
         return fingerprint
 
     def _lock_still_held(self, label: str, total: int) -> None:
