@@ -475,7 +475,7 @@ class StepRunner:
         return IncompleteMigration(
             f"{label} runs outside a transaction: all {committed} statements completed and stay committed; then {what}. The "
             "version was not recorded as applied (the ledger marks it interrupted after its last statement); the run stopped.",
-            f"{fix[:1].upper()}{fix[1:].rstrip('.')}, then run apply again: it verifies and records the version.",
+            f"{fix.removesuffix('.').removesuffix(', then run apply again')}, then run apply again: it verifies and records the version.",
         )
 
     def _held_cursors(self, label: str, exc: Exception, *, committed: int | None = None) -> MigrationError:
