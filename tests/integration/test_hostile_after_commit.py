@@ -29,6 +29,7 @@ from components.engine.connection import ConnectionSettings
 from components.engine.engine import Engine
 from components.engine.errors import MigrationError
 from tests.integration.test_hostile_migrations import _relations, _swap, _write
+from tests.integration.test_hostile_rounds import AT_EACH_PLACE, apply_swapped
 from tests.integration.test_scoped_verify import BASE
 from tests.integration.test_wishlist_items_migration import ledger_rows
 
@@ -62,11 +63,7 @@ INSERT INTO migration_ledger.q1 VALUES (1);
 """
 
 
-@pytest.mark.parametrize(
-    ("scoped_from", "target"),
-    [(0, None), (10**9, None), (10**9, "0009")],
-    ids=["middle step, scoped read", "middle step, whole read", "last step"],
-)
+@AT_EACH_PLACE
 def test_a_round_that_truncates_and_refills_a_new_table_hides_work_queued_for_commit(
     scoped_from: int,
     target: str | None,
@@ -76,13 +73,7 @@ def test_a_round_that_truncates_and_refills_a_new_table_hides_work_queued_for_co
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(runner, "SCOPED_FROM", scoped_from)
-    _write(set_copy, admin, BASE)
-    mset = _swap(set_copy, "0009", BASE["0009"] + _TRUNCATE_REFILL_IN_A_ROUND)
-    message = ""
-    try:
-        Engine(fresh_db, mset).apply(target)
-    except MigrationError as exc:
-        message = str(exc)
+    message = apply_swapped(fresh_db, set_copy, admin, BASE["0009"], BASE["0009"] + _TRUNCATE_REFILL_IN_A_ROUND, target)
     # Not rolled back (see the docstring): what must hold is that the run says so, of the right step, and stops.
     assert "evil" in _relations(fresh_db)
     assert (
@@ -130,11 +121,7 @@ def _columns_of_b(settings: ConnectionSettings) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-@pytest.mark.parametrize(
-    ("scoped_from", "target"),
-    [(0, None), (10**9, None), (10**9, "0009")],
-    ids=["middle step, scoped read", "middle step, whole read", "last step"],
-)
+@AT_EACH_PLACE
 def test_a_temporary_row_type_made_in_a_round_stands_in_for_the_snapshots_and_drops_at_commit(
     scoped_from: int,
     target: str | None,
@@ -144,13 +131,7 @@ def test_a_temporary_row_type_made_in_a_round_stands_in_for_the_snapshots_and_dr
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(runner, "SCOPED_FROM", scoped_from)
-    _write(set_copy, admin, {"0008": BASE["0008"], "0009": _HONEST_TT, "0010": BASE["0010"]})
-    mset = _swap(set_copy, "0009", _TEMP_TYPE_IN_A_ROUND)
-    message = ""
-    try:
-        Engine(fresh_db, mset).apply(target)
-    except MigrationError as exc:
-        message = str(exc)
+    message = apply_swapped(fresh_db, set_copy, admin, _HONEST_TT, _TEMP_TYPE_IN_A_ROUND, target)
     versions = [r[0] for r in ledger_rows(fresh_db)]
     columns = _columns_of_b(fresh_db)
     assert not ("0009" in versions and "x" not in columns), (versions, columns, message)
@@ -174,11 +155,7 @@ CREATE TRIGGER t AFTER INSERT ON migration_ledger.applied
 """
 
 
-@pytest.mark.parametrize(
-    ("scoped_from", "target"),
-    [(0, None), (10**9, None), (10**9, "0009")],
-    ids=["middle step, scoped read", "middle step, whole read", "last step"],
-)
+@AT_EACH_PLACE
 def test_a_temporary_row_type_made_by_a_ledger_trigger_after_discard_temp_drops_at_commit(
     scoped_from: int,
     target: str | None,
@@ -188,13 +165,7 @@ def test_a_temporary_row_type_made_by_a_ledger_trigger_after_discard_temp_drops_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(runner, "SCOPED_FROM", scoped_from)
-    _write(set_copy, admin, {"0008": BASE["0008"], "0009": _HONEST_TT, "0010": BASE["0010"]})
-    mset = _swap(set_copy, "0009", _TEMP_TYPE_FROM_THE_LEDGER_ROW)
-    message = ""
-    try:
-        Engine(fresh_db, mset).apply(target)
-    except MigrationError as exc:
-        message = str(exc)
+    message = apply_swapped(fresh_db, set_copy, admin, _HONEST_TT, _TEMP_TYPE_FROM_THE_LEDGER_ROW, target)
     versions = [r[0] for r in ledger_rows(fresh_db)]
     columns = _columns_of_b(fresh_db)
     assert not ("0009" in versions and "x" not in columns), (versions, columns, message)

@@ -62,6 +62,28 @@ INSERT INTO migration_ledger.q VALUES (1);
 """
 
 
+# Where a tampered 0009 runs: a middle step proven by the scoped read or by the whole read, or the run's last step.
+AT_EACH_PLACE = pytest.mark.parametrize(
+    ("scoped_from", "target"),
+    [(0, None), (10**9, None), (10**9, "0009")],
+    ids=["middle step, scoped read", "middle step, whole read", "last step"],
+)
+
+
+def apply_swapped(
+    fresh_db: ConnectionSettings, set_copy: Path, admin: ConnectionSettings, honest: str, hostile: str, target: str | None
+) -> str:
+    """Snapshots with `honest` as 0009, then 0009 swapped for `hostile` (journal patched), applied up to `target`: the
+    error message, '' when apply succeeded."""
+    _write(set_copy, admin, {**BASE, "0009": honest})
+    mset = _swap(set_copy, "0009", hostile)
+    try:
+        Engine(fresh_db, mset).apply(target)
+    except MigrationError as exc:
+        return str(exc)
+    return ""
+
+
 def _type_of_b_m(settings: ConnectionSettings) -> str | None:
     with settings.connect() as conn:
         row = conn.execute(
@@ -70,11 +92,7 @@ def _type_of_b_m(settings: ConnectionSettings) -> str | None:
     return None if row is None else str(row[0])
 
 
-@pytest.mark.parametrize(
-    ("scoped_from", "target"),
-    [(0, None), (10**9, None), (10**9, "0009")],
-    ids=["middle step, scoped read", "middle step, whole read", "last step"],
-)
+@AT_EACH_PLACE
 def test_a_setting_changed_by_a_deferred_trigger_in_a_round_prints_into_the_re_read(
     scoped_from: int,
     target: str | None,
@@ -84,13 +102,7 @@ def test_a_setting_changed_by_a_deferred_trigger_in_a_round_prints_into_the_re_r
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(runner, "SCOPED_FROM", scoped_from)
-    _write(set_copy, admin, {"0008": BASE["0008"], "0009": _HONEST_0009, "0010": BASE["0010"]})
-    mset = _swap(set_copy, "0009", _SEARCH_PATH_IN_A_ROUND)
-    message = ""
-    try:
-        Engine(fresh_db, mset).apply(target)
-    except MigrationError as exc:
-        message = str(exc)
+    message = apply_swapped(fresh_db, set_copy, admin, _HONEST_0009, _SEARCH_PATH_IN_A_ROUND, target)
     versions = [r[0] for r in ledger_rows(fresh_db)]
     committed = _type_of_b_m(fresh_db)
     # 0009 recorded as verified while b.m is evil.mood, not the snapshot's mood
@@ -137,11 +149,7 @@ def _relations(settings: ConnectionSettings) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
-@pytest.mark.parametrize(
-    ("scoped_from", "target"),
-    [(0, None), (10**9, None), (10**9, "0009")],
-    ids=["middle step, scoped read", "middle step, whole read", "last step"],
-)
+@AT_EACH_PLACE
 def test_a_round_that_truncates_to_balance_the_row_counts_hides_ddl_run_after_the_read(
     scoped_from: int,
     target: str | None,
@@ -151,13 +159,7 @@ def test_a_round_that_truncates_to_balance_the_row_counts_hides_ddl_run_after_th
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(runner, "SCOPED_FROM", scoped_from)
-    _write(set_copy, admin, BASE)
-    mset = _swap(set_copy, "0009", BASE["0009"] + _BALANCED_ROUND)
-    message = ""
-    try:
-        Engine(fresh_db, mset).apply(target)
-    except MigrationError as exc:
-        message = str(exc)
+    message = apply_swapped(fresh_db, set_copy, admin, BASE["0009"], BASE["0009"] + _BALANCED_ROUND, target)
     versions = [r[0] for r in ledger_rows(fresh_db)]
     assert not ("0009" in versions and "evil" in _relations(fresh_db)), (versions, sorted(_relations(fresh_db)), message)
 
