@@ -266,9 +266,10 @@ class StepRunner:
 
     def _attempt(self, pipe: psycopg.Pipeline, run: _StepRun) -> tuple[str, cat.Verified]:
         """One try of a step in its open transaction, in one round trip: BEGIN, the session reset and pin, the lock check,
-        the guard, the timeouts, every statement, RESET ROLE, the lock check, DISCARD TEMP, the guard, the ledger row,
-        SET CONSTRAINTS ALL IMMEDIATE, the print settings, the verifying read (the row is rolled back with the rest unless
-        the read proves the snapshot); COMMIT in a second (docs/architecture.md, step 7)."""
+        the guard (only when user code may have run since the last one), the timeouts, every statement, RESET ROLE, the
+        ledger row, SET CONSTRAINTS ALL IMMEDIATE, the print settings, DISCARD TEMP, the held-cursor check, the lock
+        check, the guard, the verifying read (the row is rolled back with the rest unless the read proves the snapshot);
+        COMMIT in a second (docs/architecture.md, step 7)."""
         import psycopg
 
         step, label, statements, expected_version = run.step, run.label, run.statements, run.expected_version
